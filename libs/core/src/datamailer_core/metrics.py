@@ -1,0 +1,47 @@
+"""Prometheus metrics. Each process builds one `Metrics` on its own registry (no global
+state, so several apps can live in one test process)."""
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry = field(default_factory=lambda: CollectorRegistry(auto_describe=True))
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.request_latency = Histogram(
+            "datamailer_http_request_duration_seconds",
+            "HTTP request latency",
+            ["service", "method", "route", "status"],
+            registry=r,
+        )
+        self.queue_messages = Counter(
+            "datamailer_queue_messages_total",
+            "Queue records by outcome (received, acked, failed)",
+            ["queue", "outcome"],
+            registry=r,
+        )
+        self.sends = Counter(
+            "datamailer_sends_total", "SES sends by stream and outcome", ["stream", "outcome"], registry=r
+        )
+        self.ses_throttles = Counter("datamailer_ses_throttles_total", "SES throttling answers", registry=r)
+        self.send_rate = Gauge(
+            "datamailer_send_rate", "Current account-wide send rate per second", registry=r
+        )
+        self.idempotency_skips = Counter(
+            "datamailer_idempotency_skips_total",
+            "Records acknowledged without a send",
+            ["stream"],
+            registry=r,
+        )
+        self.dlq_replays = Counter(
+            "datamailer_dlq_replays_total", "Messages replayed from a DLQ", ["queue"], registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

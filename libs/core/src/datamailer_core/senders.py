@@ -1,0 +1,67 @@
+"""Sender identities: `{"id": slug, "email": "Name <a@b.c>"}`. Mail is only ever sent from
+a configured sender, so everything that reaches a From header passes through here."""
+
+import re
+from email.headerregistry import Address
+from email.utils import formataddr, parseaddr
+
+from pydantic import BaseModel, EmailStr, TypeAdapter, ValidationError
+
+from datamailer_core.errors import ValidationFailed
+
+SENDER_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+_EMAIL = TypeAdapter(EmailStr)
+
+
+class Sender(BaseModel):
+    id: str
+    email: str
+
+    @property
+    def address(self) -> str:
+        return parseaddr(self.email)[1]
+
+    @property
+    def display_name(self) -> str:
+        return parseaddr(self.email)[0]
+
+
+def normalize_sender_email(value: str) -> str | None:
+    """The canonical `Name <a@b.c>` form, or None when the value is not one safe address."""
+    if any(ch in value for ch in "\r\n\0") or len(value) > 320:
+        return None
+    name, addr = parseaddr(value)
+    if not addr or "," in value.replace(name, "", 1):
+        return None
+    try:
+        _EMAIL.validate_python(addr)
+        Address(display_name=name, addr_spec=addr)
+    except (ValidationError, ValueError):
+        return None
+    return formataddr((name, addr)) if name else addr
+
+
+def validate_senders(
+    senders: list[dict[str, str]], default_sender_id: str | None
+) -> tuple[list[dict[str, str]], str | None]:
+    fields: dict[str, str] = {}
+    seen: set[str] = set()
+    cleaned: list[dict[str, str]] = []
+    for i, sender in enumerate(senders):
+        sid, email = sender.get("id", ""), sender.get("email", "")
+        if not SENDER_ID_RE.match(sid):
+            fields[f"senders.{i}.id"] = "invalid"
+        elif sid in seen:
+            fields[f"senders.{i}.id"] = "duplicate"
+        seen.add(sid)
+        normalized = normalize_sender_email(email)
+        if normalized is None:
+            fields[f"senders.{i}.email"] = "invalid"
+        cleaned.append({"id": sid, "email": normalized or email})
+    if default_sender_id is not None and default_sender_id not in seen:
+        fields["default_sender_id"] = "not_found"
+    if fields:
+        raise ValidationFailed("invalid senders", fields=fields)
+    if default_sender_id is None and len(cleaned) == 1:
+        default_sender_id = cleaned[0]["id"]
+    return cleaned, default_sender_id

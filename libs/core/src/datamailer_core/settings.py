@@ -1,0 +1,104 @@
+"""Settings grouped by concern and composed per entry point.
+
+Every variable name is part of the operator contract (spec/runtime.md). A `.env` file in
+the working directory is read when present. Nothing here is instantiated at import time.
+"""
+
+from enum import StrEnum
+from typing import Self
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LOCAL_SECRET_KEY = "local-development-secret-key-change-me"
+
+
+class _Group(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+
+class Environment(StrEnum):
+    local = "local"
+    test = "test"
+    staging = "staging"
+    production = "production"
+
+
+class DatabaseSettings(_Group):
+    url: str = Field(
+        default="postgresql+asyncpg://postgres@127.0.0.1:5432/datamailer",
+        validation_alias="DATABASE_URL",
+    )
+    pool_size: int = Field(default=5, validation_alias="DATABASE_POOL_SIZE")
+    max_overflow: int = Field(default=5, validation_alias="DATABASE_MAX_OVERFLOW")
+    pool_timeout: float = Field(default=10.0, validation_alias="DATABASE_POOL_TIMEOUT")
+    connect_timeout: float = Field(default=5.0, validation_alias="DATABASE_CONNECT_TIMEOUT")
+
+    @model_validator(mode="after")
+    def _async_driver(self) -> Self:
+        # Operators often paste a plain postgres:// URL; the services need asyncpg.
+        for prefix in ("postgresql://", "postgres://"):
+            if self.url.startswith(prefix):
+                object.__setattr__(self, "url", "postgresql+asyncpg://" + self.url[len(prefix) :])
+        return self
+
+
+class AwsSettings(_Group):
+    endpoint_url: str | None = Field(default=None, validation_alias="AWS_ENDPOINT_URL")
+    region: str = Field(default="us-east-1", validation_alias="AWS_REGION")
+    access_key_id: str | None = Field(default=None, validation_alias="AWS_ACCESS_KEY_ID")
+    secret_access_key: SecretStr | None = Field(default=None, validation_alias="AWS_SECRET_ACCESS_KEY")
+
+
+class QueueSettings(_Group):
+    transactional_email_url: str | None = Field(
+        default=None, validation_alias="SQS_TRANSACTIONAL_EMAIL_QUEUE_URL"
+    )
+    campaign_email_url: str | None = Field(default=None, validation_alias="SQS_CAMPAIGN_EMAIL_QUEUE_URL")
+    ses_webhooks_url: str | None = Field(default=None, validation_alias="SQS_SES_WEBHOOKS_QUEUE_URL")
+    email_events_url: str | None = Field(default=None, validation_alias="SQS_EMAIL_EVENTS_QUEUE_URL")
+    max_receive_count: int = Field(default=5, validation_alias="SQS_MAX_RECEIVE_COUNT")
+
+    def url_for(self, queue: str) -> str | None:
+        return {
+            "transactional-email": self.transactional_email_url,
+            "campaign-email": self.campaign_email_url,
+            "ses-webhooks": self.ses_webhooks_url,
+            "email-events": self.email_events_url,
+        }[queue]
+
+
+class SesSettings(_Group):
+    configuration_set: str | None = Field(default=None, validation_alias="SES_CONFIGURATION_SET")
+    max_send_rate: float = Field(default=14.0, gt=0, validation_alias="SES_MAX_SEND_RATE")
+
+
+class TrackingSettings(_Group):
+    public_base_url: str = Field(default="http://localhost:8001", validation_alias="PUBLIC_BASE_URL")
+
+
+class SecuritySettings(_Group):
+    secret_key: SecretStr = Field(default=SecretStr(LOCAL_SECRET_KEY), validation_alias="SECRET_KEY")
+
+
+class LogSettings(_Group):
+    level: str = Field(default="INFO", validation_alias="LOG_LEVEL")
+    format: str = Field(default="console", pattern="^(json|console)$", validation_alias="LOG_FORMAT")
+
+
+class Settings(_Group):
+    environment: Environment = Field(default=Environment.local, validation_alias="DATAMAILER_ENV")
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    aws: AwsSettings = Field(default_factory=AwsSettings)
+    queues: QueueSettings = Field(default_factory=QueueSettings)
+    ses: SesSettings = Field(default_factory=SesSettings)
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+
+    @model_validator(mode="after")
+    def _refuse_default_secret(self) -> Self:
+        local = self.environment in (Environment.local, Environment.test)
+        if not local and self.security.secret_key.get_secret_value() == LOCAL_SECRET_KEY:
+            raise ValueError("SECRET_KEY must be set outside local mode")
+        return self

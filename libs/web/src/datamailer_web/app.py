@@ -1,0 +1,178 @@
+"""What every Datamailer web service shares: the database on app.state, the error
+envelope, request ids and latency metrics, body limits, `/health` and `/metrics`."""
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from datamailer_core.db.engine import create_engine, create_sessionmaker
+from datamailer_core.logging import configure_logging, correlation_id
+from datamailer_core.metrics import CONTENT_TYPE, Metrics
+from datamailer_core.settings import Settings
+from datamailer_web.errors import error_body, install_error_handlers
+
+HEALTH_TIMEOUT_SECONDS = 2.0
+
+
+def build_app(
+    settings: Settings,
+    *,
+    service: str,
+    title: str,
+    body_limits: Mapping[str, int] | None = None,
+    default_body_limit: int = 1024 * 1024,
+    on_startup: Callable[[FastAPI], Any] | None = None,
+) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging(settings.log)
+        engine = create_engine(settings.database)
+        app.state.engine = engine
+        app.state.sessionmaker = create_sessionmaker(engine)
+        if on_startup is not None:
+            await on_startup(app)
+        try:
+            yield
+        finally:
+            await engine.dispose()
+
+    app = FastAPI(title=title, lifespan=lifespan, version="1.0.0")
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    app.state.service = service
+    install_error_handlers(app)
+    app.add_middleware(BodyLimit, limits=dict(body_limits or {}), default=default_body_limit)
+    app.add_middleware(RequestContext, service=service, metrics=app.state.metrics)
+    app.add_api_route("/health", health, methods=["GET"], tags=["ops"], include_in_schema=True)
+    app.add_api_route("/metrics", metrics, methods=["GET"], tags=["ops"], include_in_schema=False)
+    return app
+
+
+async def health(request: Request) -> JSONResponse:
+    try:
+        async with request.app.state.engine.connect() as conn:
+            await asyncio.wait_for(conn.execute(text("select 1")), HEALTH_TIMEOUT_SECONDS)
+    except Exception:  # any failure to reach the database is the answer, not an error
+        return JSONResponse({"status": "unavailable", "database": "unreachable"}, status_code=503)
+    return JSONResponse({"status": "ok", "database": "ok"})
+
+
+async def metrics(request: Request) -> Response:
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE)
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    maker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
+    async with maker() as session:
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+class RequestContext:
+    """Sets the correlation id (from `X-Request-ID` or new) and records request latency."""
+
+    def __init__(self, app: ASGIApp, service: str, metrics: Metrics) -> None:
+        self.app, self.service, self.metrics = app, service, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        incoming = headers.get(b"x-request-id", b"").decode("latin-1")
+        rid = incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else uuid.uuid4().hex
+        token = correlation_id.set(rid)
+        start = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            self.metrics.request_latency.labels(self.service, scope["method"], path, str(status)).observe(
+                time.perf_counter() - start
+            )
+            correlation_id.reset(token)
+
+
+class BodyLimit:
+    """Answers 413 in the envelope before a handler reads a body over the route's limit,
+    whether the size is declared in Content-Length or only discovered while streaming."""
+
+    def __init__(self, app: ASGIApp, limits: dict[str, int], default: int) -> None:
+        self.app, self.limits, self.default = app, limits, default
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limits.get(scope["path"], self.default)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _too_large(send, limit)
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _BodyTooLarge()
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await _too_large(send, limit)
+
+
+class _BodyTooLarge(StarletteHTTPException):
+    # An HTTPException, because FastAPI turns any other error raised while it reads a
+    # body into a 400; this one reaches the envelope renderer as a 413.
+    def __init__(self) -> None:
+        super().__init__(413, "body too large")
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    response = JSONResponse(
+        error_body("payload_too_large", f"body exceeds {limit} bytes", {"body": "too_large"}), 413
+    )
+    await send({"type": "http.response.start", "status": 413, "headers": response.raw_headers})
+    await send({"type": "http.response.body", "body": response.body})

@@ -1,0 +1,13 @@
+"""The client REST API (port 8000)."""
+
+from fastapi import FastAPI
+
+from datamailer_api.senders.router import router as senders_router
+from datamailer_core.settings import Settings
+from datamailer_web.app import build_app
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    app = build_app(settings or Settings(), service="api", title="Datamailer client API")
+    app.include_router(senders_router)
+    return app

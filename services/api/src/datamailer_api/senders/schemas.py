@@ -1,0 +1,41 @@
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SenderIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(max_length=64, examples=["support"])
+    email: str = Field(max_length=320, examples=["Support Team <support@example.com>"])
+
+
+class SendersIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "senders": [{"id": "support", "email": "Support <support@example.com>"}],
+                    "default_sender_id": "support",
+                }
+            ]
+        },
+    )
+    client: str | None = Field(default=None, description="The client slug; must be the key's own.")
+    senders: list[SenderIn] = Field(max_length=100)
+    default_sender_id: str | None = None
+
+
+class ClientOut(BaseModel):
+    organization: str
+    slug: str
+    name: str
+
+
+class SenderOut(BaseModel):
+    id: str
+    email: str
+
+
+class SendersOut(BaseModel):
+    client: ClientOut
+    default_sender_id: str | None
+    senders: list[SenderOut]

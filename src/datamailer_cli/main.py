@@ -1,0 +1,219 @@
+"""`datamailer`: the operator command (spec/runtime.md). Every command has --help, exits
+non-zero with a one-line reason on failure, and is safe to run twice."""
+
+import asyncio
+import functools
+import os
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+import uvicorn
+from pydantic import ValidationError
+
+from datamailer_cli import ops
+from datamailer_cli.up import LocalStack
+from datamailer_core.errors import DatamailerError
+from datamailer_core.settings import Settings
+
+app = typer.Typer(help="Datamailer: self-hosted email on Amazon SES.", no_args_is_help=True)
+queues_app = typer.Typer(help="SQS queues.", no_args_is_help=True)
+senders_app = typer.Typer(help="Sender identities.", no_args_is_help=True)
+keys_app = typer.Typer(help="Client API keys.", no_args_is_help=True)
+app.add_typer(queues_app, name="queues")
+app.add_typer(senders_app, name="senders")
+app.add_typer(keys_app, name="keys")
+
+T = TypeVar("T")
+
+
+def fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(1)
+
+
+def settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise fail(f"configuration: {first['msg']}") from None
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run an operation; known failures become one line on stderr and exit 1."""
+    try:
+        return asyncio.run(coro)
+    except DatamailerError as exc:
+        detail = ", ".join(f"{k}: {v}" for k, v in exc.fields.items())
+        raise fail(exc.message + (f" ({detail})" if detail else "")) from None
+    except OSError as exc:
+        raise fail(str(exc)) from None
+
+
+def one_line_errors(func: Callable[..., None]) -> Callable[..., None]:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            func(*args, **kwargs)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # an operator sees one line, not a traceback
+            raise fail(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+
+    return wrapper
+
+
+@app.command()
+@one_line_errors
+def migrate(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
+    """Apply database migrations (alembic upgrade head) to DATABASE_URL."""
+    ops.migrate(settings(), revision)
+    typer.echo(f"database migrated to {revision}")
+
+
+def _serve(target: str, host: str, port: int, workers: int) -> None:
+    cfg = settings()
+    uvicorn.run(
+        target,
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=cfg.log.level.lower(),
+        access_log=False,
+        proxy_headers=True,
+    )
+
+
+@app.command()
+def api(
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes.")] = 1,
+) -> None:
+    """Serve the client API."""
+    _serve("datamailer_api.main:create_app", host, port, workers)
+
+
+@app.command()
+def tracking(
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8001,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes.")] = 1,
+) -> None:
+    """Serve the public tracking, unsubscribe and webhook routes."""
+    _serve("datamailer_tracking.main:create_app", host, port, workers)
+
+
+@queues_app.command("create")
+@one_line_errors
+def queues_create() -> None:
+    """Create the four queues and their DLQs with redrive (idempotent)."""
+    urls = run(ops.create_queues(settings()))
+    for name, url in urls.items():
+        typer.echo(f"{ops.QUEUE_ENV[name]}={url}")
+
+
+@app.command()
+@one_line_errors
+def provision(
+    organization: Annotated[str, typer.Option(help="Organization slug.")],
+    audience: Annotated[str, typer.Option(help="Audience slug.")],
+    client: Annotated[str, typer.Option(help="Client slug.")],
+) -> None:
+    """Create an organization, audience and client when missing (idempotent)."""
+    scope = run(ops.provision(settings(), organization, audience, client))
+    typer.echo(
+        f"organization={scope.organization.slug} audience={scope.audience.slug} client={scope.client.slug}"
+    )
+
+
+def _parse_sender(value: str) -> dict[str, str]:
+    sid, sep, email = value.partition("=")
+    if not sep:
+        raise typer.BadParameter("expected id=Name <address>", param_hint="--sender")
+    return {"id": sid.strip(), "email": email.strip()}
+
+
+@senders_app.command("set")
+@one_line_errors
+def senders_set(
+    client: Annotated[str, typer.Argument(help="Client slug.")],
+    sender: Annotated[list[str], typer.Option(help="id=Name <address>; repeat for several.")],
+    default: Annotated[str | None, typer.Option(help="Default sender id.")] = None,
+    organization: Annotated[str | None, typer.Option(help="Organization slug.")] = None,
+) -> None:
+    """Replace a client's sender identities."""
+    cleaned, default_id = run(
+        ops.set_senders(settings(), client, [_parse_sender(s) for s in sender], default, organization)
+    )
+    for s in cleaned:
+        mark = " (default)" if s["id"] == default_id else ""
+        typer.echo(f"{s['id']}: {s['email']}{mark}")
+
+
+@keys_app.command("create")
+@one_line_errors
+def keys_create(
+    client: Annotated[str, typer.Argument(help="Client slug.")],
+    name: Annotated[str, typer.Option(help="Key name, unique among the client's active keys.")],
+    organization: Annotated[str | None, typer.Option(help="Organization slug.")] = None,
+    notes: Annotated[str | None, typer.Option(help="Free-form notes.")] = None,
+) -> None:
+    """Create an API key; the raw key is printed once and never stored."""
+    issued = run(ops.create_key(settings(), client, name, organization, notes))
+    typer.echo(issued.raw)
+
+
+@keys_app.command("list")
+@one_line_errors
+def keys_list(client: Annotated[str | None, typer.Argument(help="Client slug.")] = None) -> None:
+    """List API keys (public ids only)."""
+    rows = run(ops.list_keys(settings(), client))
+    for row in rows:
+        typer.echo("  ".join(f"{k}={v}" for k, v in row.items()))
+    if not rows:
+        typer.echo("no keys")
+
+
+@keys_app.command("revoke")
+@one_line_errors
+def keys_revoke(
+    public_id: Annotated[str, typer.Argument(help="dm_<public_id> as `keys list` shows.")],
+) -> None:
+    """Revoke an API key (idempotent)."""
+    run(ops.revoke_key(settings(), public_id))
+    typer.echo(f"revoked {public_id}")
+
+
+@app.command()
+def up(
+    data_dir: Annotated[Path, typer.Option(help="Where local data lives.", envvar="DATAMAILER_HOME")] = Path(
+        ".datamailer"
+    ),
+    api_port: Annotated[int, typer.Option(help="API port.")] = 8000,
+    tracking_port: Annotated[int, typer.Option(help="Tracking port.")] = 8001,
+    pg_port: Annotated[int, typer.Option(help="Embedded PostgreSQL port.")] = 5433,
+    aws_port: Annotated[int, typer.Option(help="Local AWS endpoint (moto) port.")] = 4566,
+) -> None:
+    """Start the whole system on embedded defaults until Ctrl-C."""
+    stack = LocalStack(
+        data_dir=data_dir.resolve(),
+        api_port=api_port,
+        tracking_port=tracking_port,
+        pg_port=pg_port,
+        aws_port=aws_port,
+    )
+    try:
+        code = stack.run()
+    except DatamailerError as exc:
+        raise fail(exc.message) from None
+    raise typer.Exit(code)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(app())

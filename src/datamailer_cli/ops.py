@@ -1,0 +1,133 @@
+"""Operator actions shared by the commands and by `datamailer up`. Each is safe to run twice."""
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from datamailer_core.aws import aws_client, aws_session
+from datamailer_core.contracts import DLQ_SUFFIX, QUEUE_NAMES
+from datamailer_core.db.engine import create_engine, create_sessionmaker
+from datamailer_core.repositories import scope
+from datamailer_core.security import IssuedKey
+from datamailer_core.senders import validate_senders
+from datamailer_core.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+QUEUE_ENV = {
+    "transactional-email": "SQS_TRANSACTIONAL_EMAIL_QUEUE_URL",
+    "campaign-email": "SQS_CAMPAIGN_EMAIL_QUEUE_URL",
+    "ses-webhooks": "SQS_SES_WEBHOOKS_QUEUE_URL",
+    "email-events": "SQS_EMAIL_EVENTS_QUEUE_URL",
+}
+VISIBILITY_TIMEOUT_SECONDS = 60
+
+
+def alembic_config(database_url: str) -> Config:
+    ini = Path("alembic.ini") if Path("alembic.ini").exists() else REPO_ROOT / "alembic.ini"
+    cfg = Config(str(ini))
+    cfg.set_main_option("script_location", str(ini.parent / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", database_url)
+    return cfg
+
+
+def migrate(settings: Settings, revision: str = "head") -> None:
+    command.upgrade(alembic_config(settings.database.url), revision)
+
+
+@asynccontextmanager
+async def session_scope(settings: Settings) -> AsyncIterator[AsyncSession]:
+    """One short unit of work: commits on success, rolls back on error."""
+    engine = create_engine(settings.database, null_pool=True)
+    try:
+        async with create_sessionmaker(engine)() as session, session.begin():
+            yield session
+    finally:
+        await engine.dispose()
+
+
+async def create_queues(settings: Settings) -> dict[str, str]:
+    """The four queues and their DLQs with redrive; returns queue name → URL."""
+    urls: dict[str, str] = {}
+    async with aws_client(aws_session(settings.aws), settings.aws, "sqs") as sqs:
+        for name in QUEUE_NAMES:
+            dlq_url = (await sqs.create_queue(QueueName=name + DLQ_SUFFIX))["QueueUrl"]
+            attrs = await sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])
+            redrive = {
+                "deadLetterTargetArn": attrs["Attributes"]["QueueArn"],
+                "maxReceiveCount": str(settings.queues.max_receive_count),
+            }
+            url = (await sqs.create_queue(QueueName=name))["QueueUrl"]
+            await sqs.set_queue_attributes(
+                QueueUrl=url,
+                Attributes={
+                    "RedrivePolicy": json.dumps(redrive),
+                    "VisibilityTimeout": str(VISIBILITY_TIMEOUT_SECONDS),
+                    "ReceiveMessageWaitTimeSeconds": "20",
+                },
+            )
+            urls[name] = url
+    return urls
+
+
+async def verify_sender_identities(settings: Settings, addresses: list[str]) -> None:
+    """Local mode only: mark sender addresses verified in the local SES."""
+    async with aws_client(aws_session(settings.aws), settings.aws, "ses") as ses:
+        for address in addresses:
+            await ses.verify_email_identity(EmailAddress=address)
+
+
+async def provision(settings: Settings, organization: str, audience: str, client: str) -> scope.Scope:
+    async with session_scope(settings) as session:
+        return await scope.provision(session, organization=organization, audience=audience, client=client)
+
+
+async def set_senders(
+    settings: Settings,
+    client: str,
+    senders: list[dict[str, str]],
+    default: str | None,
+    organization: str | None,
+) -> tuple[list[dict[str, str]], str | None]:
+    cleaned, default = validate_senders(senders, default)
+    async with session_scope(settings) as session:
+        found = await scope.get_client_by_slug(session, client, organization)
+        await scope.set_senders(session, found, cleaned, default)
+    return cleaned, default
+
+
+async def create_key(
+    settings: Settings, client: str, name: str, organization: str | None = None, notes: str | None = None
+) -> IssuedKey:
+    async with session_scope(settings) as session:
+        found = await scope.get_client_by_slug(session, client, organization)
+        _, issued = await scope.create_key(
+            session, found, name, settings.security.secret_key.get_secret_value(), notes
+        )
+    return issued
+
+
+async def list_keys(settings: Settings, client: str | None) -> list[dict[str, str]]:
+    async with session_scope(settings) as session:
+        found = await scope.get_client_by_slug(session, client) if client else None
+        rows = await scope.list_keys(session, found)
+        return [
+            {
+                "key": f"dm_{k.public_id}",
+                "client": c.slug,
+                "name": k.name,
+                "created_at": k.created_at.isoformat(timespec="seconds"),
+                "last_used_at": k.last_used_at.isoformat(timespec="seconds") if k.last_used_at else "-",
+                "revoked_at": k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "-",
+            }
+            for k, c in rows
+        ]
+
+
+async def revoke_key(settings: Settings, public_id: str) -> None:
+    async with session_scope(settings) as session:
+        await scope.revoke_key(session, public_id)
