@@ -7,6 +7,7 @@ services run as child processes until Ctrl-C stops them all.
 """
 
 import asyncio
+import hashlib
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from email.utils import parseaddr
 from pathlib import Path
 
 from datamailer_cli import ops
+from datamailer_cli.localaws import endpoint_url, moto_server_argv, wait_until_ready
 from datamailer_cli.localpg import LocalPostgres, LocalPostgresError, port_in_use
 from datamailer_core.errors import DatamailerError
 from datamailer_core.security import parse_api_key
@@ -85,11 +87,12 @@ class LocalStack:
             return
         if port_in_use(self.aws_port):
             raise DatamailerError(f"port {self.aws_port} (local AWS endpoint) is in use; pass --aws-port")
-        endpoint = f"http://127.0.0.1:{self.aws_port}"
-        argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.aws_port)]
-        log = open(self.data_dir / "moto.log", "ab")  # noqa: SIM115  (closed with the process)
-        self.children.append(("aws", subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)))
-        _wait_http(f"{endpoint}/moto-api/", "local AWS endpoint")
+        endpoint = endpoint_url("127.0.0.1", self.aws_port)
+        with open(self.data_dir / "moto.log", "ab") as log:
+            argv = moto_server_argv("127.0.0.1", self.aws_port)
+            moto = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
+        self.children.append(("aws", moto))
+        wait_until_ready(endpoint)
         env.update(
             AWS_ENDPOINT_URL=endpoint,
             AWS_ACCESS_KEY_ID="test",
@@ -187,6 +190,21 @@ class LocalStack:
         if self.postgres is not None:
             self.postgres.stop()
             self.postgres = None
+
+
+def postgres_data_dir(data_dir: Path) -> Path:
+    """Where the embedded cluster keeps its data. As root the server runs as an unprivileged
+    user, who cannot reach a folder under a private home (/root is 0700): then the data
+    lives under /var/lib/datamailer instead, one folder per checkout."""
+    wanted = data_dir / "postgres"
+    if os.geteuid() != 0 or all(p.stat().st_mode & 0o001 for p in data_dir.parents if p.exists()):
+        return wanted
+    digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:12]
+    fallback = Path("/var/lib/datamailer") / digest / "postgres"
+    fallback.parent.mkdir(parents=True, exist_ok=True)
+    fallback.parent.chmod(0o755)
+    fallback.parent.parent.chmod(0o755)
+    return fallback
 
 
 def _wait_http(url: str, what: str, timeout: float = 30.0) -> None:

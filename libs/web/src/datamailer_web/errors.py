@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from datamailer_core.errors import DatamailerError
 
@@ -83,11 +84,25 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     code = _STATUS_CODES.get(exc.status_code, "error")
     extra: dict[str, Any] = {}
     headers = dict(exc.headers or {})
-    if exc.status_code == 405 and "Allow" in headers:
-        extra["allowed_methods"] = [m.strip() for m in headers["Allow"].split(",")]
+    if exc.status_code == 405:
+        allowed = _allowed_methods(request)
+        headers["Allow"] = ", ".join(allowed)
+        extra["allowed_methods"] = allowed
     message = exc.detail if isinstance(exc.detail, str) else code
     fields = {"body": "too_large"} if exc.status_code == 413 else None
     return JSONResponse(error_body(code, message, fields, **extra), exc.status_code, headers=headers or None)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method any route serves at this path (Starlette names only the first match)."""
+    return [
+        method
+        for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL
+            for route in request.app.router.routes
+        )
+    ]
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

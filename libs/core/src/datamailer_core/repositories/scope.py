@@ -61,7 +61,7 @@ async def touch_key(session: AsyncSession, key_id: int, last_used_at: datetime |
 async def _upsert_returning(
     session: AsyncSession, model: type[_M], keys: dict[str, object], values: dict[str, object]
 ) -> _M:
-    stmt = insert(model).values(**keys, **values)  # type: ignore[arg-type]
+    stmt = insert(model).values(**keys, **values)
     stmt = stmt.on_conflict_do_nothing(index_elements=list(keys))
     await session.execute(stmt)
     found = (await session.execute(select(model).filter_by(**keys))).scalar_one()

@@ -1,9 +1,10 @@
 from fastapi import APIRouter
 
-from datamailer_api.deps import AuthContext, CurrentClient, SessionDep
+from datamailer_api.deps import AuthContext, CurrentClient
 from datamailer_api.senders.schemas import ClientOut, SenderOut, SendersIn, SendersOut
 from datamailer_core.repositories import scope
 from datamailer_core.senders import validate_senders
+from datamailer_web.app import SessionDep
 from datamailer_web.errors import error_responses
 
 router = APIRouter(prefix="/api/client", tags=["senders"], responses=error_responses(401, 403))
