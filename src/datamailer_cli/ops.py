@@ -31,7 +31,7 @@ def alembic_config(database_url: str) -> Config:
     ini = Path("alembic.ini") if Path("alembic.ini").exists() else REPO_ROOT / "alembic.ini"
     cfg = Config(str(ini))
     cfg.set_main_option("script_location", str(ini.parent / "migrations"))
-    cfg.set_main_option("sqlalchemy.url", database_url)
+    cfg.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))  # ini interpolation
     return cfg
 
 

@@ -8,17 +8,16 @@ import asyncio
 import re
 import secrets
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from alembic import command
-from alembic.config import Config
 from sqlalchemy import CheckConstraint, Connection, Executable, Table, delete, insert, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.schema import AddConstraint, CreateIndex
 
+from datamailer_cli.ops import alembic_config
 from datamailer_core.models import (
     Audience,
     Base,
@@ -30,15 +29,6 @@ from datamailer_core.models import (
     Organization,
     Subscription,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def alembic_config(database_url: str) -> Config:
-    cfg = Config(str(ROOT / "alembic.ini"))
-    cfg.set_main_option("script_location", str(ROOT / "migrations"))
-    cfg.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
-    return cfg
 
 
 async def upgrade(database_url: str, revision: str = "head") -> None:

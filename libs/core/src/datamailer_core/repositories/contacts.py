@@ -1,0 +1,65 @@
+"""Contacts: one global row per normalized address.
+
+Creating a contact consults the suppression list first, so an address erased after it
+bounced, complained or unsubscribed globally comes back suppressed."""
+
+import hashlib
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql import func
+
+from datamailer_core.models import Contact, Suppression
+
+# Which contact column each suppression reason restores.
+SUPPRESSION_COLUMNS = {
+    "hard_bounce": "hard_bounced_at",
+    "complaint": "complained_at",
+    "global_unsubscribe": "global_unsubscribed_at",
+    "manual": "global_unsubscribed_at",
+}
+
+
+def normalize_email(email: str) -> str:
+    """Trimmed and case-folded: `  Alice@Example.COM ` and `alice@example.com` are one contact."""
+    return email.strip().casefold()
+
+
+def address_hash(normalized_email: str) -> str:
+    return hashlib.sha256(normalized_email.encode()).hexdigest()
+
+
+async def get_contact_by_email(session: AsyncSession, email: str) -> Contact | None:
+    normalized = normalize_email(email)
+    return await session.scalar(select(Contact).where(Contact.normalized_email == normalized))
+
+
+async def get_or_create_contact(session: AsyncSession, email: str) -> tuple[Contact, bool]:
+    """The contact for an address and whether it was created now; safe under concurrency
+    (INSERT ... ON CONFLICT DO NOTHING, then read)."""
+    normalized = normalize_email(email)
+    existing = await session.scalar(select(Contact).where(Contact.normalized_email == normalized))
+    if existing is not None:
+        return existing, False
+    reasons = (
+        await session.scalars(
+            select(Suppression.reason).where(Suppression.address_hash == address_hash(normalized))
+        )
+    ).all()
+    values: dict[str, object] = {"email": email.strip(), "normalized_email": normalized}
+    for reason in reasons:
+        values[SUPPRESSION_COLUMNS[reason]] = func.now()
+    inserted = await session.scalar(
+        insert(Contact)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["normalized_email"])
+        .returning(Contact.id)
+    )
+    contact = await session.scalar(
+        select(Contact)
+        .where(Contact.normalized_email == normalized)
+        .execution_options(populate_existing=True)
+    )
+    assert contact is not None
+    return contact, inserted is not None
