@@ -192,7 +192,10 @@ def settings_for(database_url: str, aws_endpoint: str | None = None, **env: str)
 
 @pytest.fixture
 def settings(database_url: str, aws_endpoint: str) -> Settings:
-    return settings_for(database_url, aws_endpoint)
+    """Settings for the test database and a freshly reset moto with the four queues."""
+    base = settings_for(database_url, aws_endpoint)
+    urls = run_sync(ops.create_queues(base))
+    return settings_for(database_url, aws_endpoint, **{ops.QUEUE_ENV[q]: u for q, u in urls.items()})
 
 
 async def _started(app: FastAPI, sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterator[FastAPI]:

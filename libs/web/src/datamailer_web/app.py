@@ -5,7 +5,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
@@ -15,9 +15,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from datamailer_core.aws import aws_client, aws_session
 from datamailer_core.db.engine import create_engine, create_sessionmaker
 from datamailer_core.logging import configure_logging, correlation_id
 from datamailer_core.metrics import CONTENT_TYPE, Metrics
+from datamailer_core.queues import QueuePublisher
 from datamailer_core.settings import Settings
 from datamailer_web.errors import error_body, install_error_handlers
 
@@ -39,12 +41,17 @@ def build_app(
         engine = create_engine(settings.database)
         app.state.engine = engine
         app.state.sessionmaker = create_sessionmaker(engine)
-        if on_startup is not None:
-            await on_startup(app)
-        try:
-            yield
-        finally:
-            await engine.dispose()
+        async with AsyncExitStack() as stack:
+            session = aws_session(settings.aws)
+            app.state.sqs = await stack.enter_async_context(aws_client(session, settings.aws, "sqs"))
+            app.state.sesv2 = await stack.enter_async_context(aws_client(session, settings.aws, "sesv2"))
+            app.state.publisher = QueuePublisher(app.state.sqs, settings.queues)
+            if on_startup is not None:
+                await on_startup(app)
+            try:
+                yield
+            finally:
+                await engine.dispose()
 
     app = FastAPI(title=title, lifespan=lifespan, version="1.0.0")
     app.state.settings = settings
@@ -86,6 +93,14 @@ def get_settings(request: Request) -> Settings:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_publisher(request: Request) -> QueuePublisher:
+    publisher: QueuePublisher = request.app.state.publisher
+    return publisher
+
+
+PublisherDep = Annotated[QueuePublisher, Depends(get_publisher)]
 
 
 class RequestContext:
