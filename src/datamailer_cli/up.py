@@ -72,14 +72,12 @@ class LocalStack:
         if env.get("DATABASE_URL"):
             say(f"database: {env['DATABASE_URL'].split('@')[-1]} (from DATABASE_URL)")
             return
-        self.postgres = LocalPostgres(self.data_dir / "postgres", self.pg_port)
-        self.postgres.ensure_initialized()
+        pg_dir = postgres_data_dir(self.data_dir)
+        self.postgres = LocalPostgres(pg_dir, self.pg_port)
         self.postgres.start()
         self.postgres.create_database(DATABASE)
         env["DATABASE_URL"] = self.postgres.url(DATABASE)
-        say(
-            f"database: embedded PostgreSQL on 127.0.0.1:{self.pg_port}, data in {self.data_dir / 'postgres'}"
-        )
+        say(f"database: embedded PostgreSQL on 127.0.0.1:{self.pg_port}, data in {pg_dir}")
 
     def _start_aws(self, env: dict[str, str]) -> None:
         if env.get("AWS_ENDPOINT_URL") or env.get("AWS_ACCESS_KEY_ID") or env.get("AWS_PROFILE"):
