@@ -77,7 +77,7 @@ def postgres_server_url() -> Iterator[str]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-async def _admin(server_url: str, *statements: str) -> None:
+async def admin_sql(server_url: str, *statements: str) -> None:
     engine = create_async_engine(f"{server_url}/postgres", isolation_level="AUTOCOMMIT")
     try:
         async with engine.connect() as conn:
@@ -91,10 +91,10 @@ async def _admin(server_url: str, *statements: str) -> None:
 def template_database(postgres_server_url: str) -> Iterator[str]:
     """A database migrated once; fresh test databases are copies of it."""
     name = f"dm_tpl_{os.getpid()}_{secrets.token_hex(3)}"
-    run_sync(_admin(postgres_server_url, f'CREATE DATABASE "{name}"'))
+    run_sync(admin_sql(postgres_server_url, f'CREATE DATABASE "{name}"'))
     ops.migrate(settings_for(f"{postgres_server_url}/{name}"))
     yield name
-    run_sync(_admin(postgres_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    run_sync(admin_sql(postgres_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(scope="session")
@@ -105,12 +105,14 @@ def make_database(postgres_server_url: str, template_database: str) -> Iterator[
 
     def make() -> str:
         name = f"dm_test_{os.getpid()}_{secrets.token_hex(4)}"
-        run_sync(_admin(postgres_server_url, f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"'))
+        run_sync(admin_sql(postgres_server_url, f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"'))
         created.append(name)
         return f"{postgres_server_url}/{name}"
 
     yield make
-    run_sync(_admin(postgres_server_url, *(f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)' for n in created)))
+    run_sync(
+        admin_sql(postgres_server_url, *(f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)' for n in created))
+    )
 
 
 @pytest.fixture(scope="session")
@@ -181,7 +183,7 @@ def settings_for(database_url: str, aws_endpoint: str | None = None, **env: str)
     saved = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
     try:
-        return Settings(_env_file=None)  # type: ignore[call-arg]
+        return Settings(_env_file=None)
     finally:
         for k, v in saved.items():
             if v is None:

@@ -65,7 +65,7 @@ async def test_an_oversized_body_is_413_and_changes_nothing(api: AsyncClient, te
 
 
 async def test_a_streamed_oversized_body_without_length_is_413(api: AsyncClient, tenant: Tenant) -> None:
-    async def chunks():  # type: ignore[no-untyped-def]
+    async def chunks():
         for _ in range(300):
             yield b" " * 8192
 

@@ -14,7 +14,7 @@ import pytest
 from alembic import command
 from sqlalchemy import CheckConstraint, Connection, Executable, Table, delete, insert, text, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.schema import AddConstraint, CreateIndex
 
 from datamailer_cli.ops import alembic_config
@@ -29,6 +29,7 @@ from datamailer_core.models import (
     Organization,
     Subscription,
 )
+from tests.conftest import admin_sql
 
 
 async def upgrade(database_url: str, revision: str = "head") -> None:
@@ -44,48 +45,19 @@ async def check(database_url: str) -> None:
     await asyncio.to_thread(command.check, alembic_config(database_url))
 
 
-async def _admin(server_url: str, statement: str) -> None:
-    engine = create_async_engine(f"{server_url}/postgres", isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text(statement))
-    finally:
-        await engine.dispose()
-
-
-async def _new_database(server_url: str) -> str:
-    name = f"dm_migrations_{secrets.token_hex(4)}"
-    await _admin(server_url, f'CREATE DATABASE "{name}"')
-    return name
-
-
 @pytest.fixture
 async def fresh_database(postgres_server_url: str) -> AsyncIterator[str]:
     """URL of an empty database, dropped after the test."""
-    name = await _new_database(postgres_server_url)
+    name = f"dm_migrations_{secrets.token_hex(4)}"
+    await admin_sql(postgres_server_url, f'CREATE DATABASE "{name}"')
     yield f"{postgres_server_url}/{name}"
-    await _admin(postgres_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture(scope="module")
-async def migrated_engine(postgres_server_url: str) -> AsyncIterator[AsyncEngine]:
-    name = await _new_database(postgres_server_url)
-    url = f"{postgres_server_url}/{name}"
-    await upgrade(url)
-    engine = create_async_engine(url, pool_size=1)
-    yield engine
-    await engine.dispose()
-    await _admin(postgres_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await admin_sql(postgres_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
-async def conn(migrated_engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    async with migrated_engine.connect() as connection:
-        transaction = await connection.begin()
-        try:
-            yield connection
-        finally:
-            await transaction.rollback()
+async def conn(connection: AsyncConnection) -> AsyncConnection:
+    """The test's rolled-back connection to the session's migrated database."""
+    return connection
 
 
 async def _public_tables(database_url: str) -> set[str]:
@@ -130,9 +102,9 @@ async def test_upgrade_runs_on_a_connection_handed_in_by_the_caller(fresh_databa
 
 
 async def test_alembic_check_finds_no_drift_between_models_and_migrations(
-    migrated_engine: AsyncEngine,
+    database_url: str,
 ) -> None:
-    await check(migrated_engine.url.render_as_string(hide_password=False))
+    await check(database_url)
 
 
 async def test_downgrade_base_leaves_no_tables_sequences_or_types(fresh_database: str) -> None:
