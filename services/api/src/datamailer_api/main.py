@@ -3,6 +3,7 @@
 from fastapi import FastAPI
 
 from datamailer_api.senders.router import router as senders_router
+from datamailer_api.transactional.router import router as transactional_router
 from datamailer_core.settings import Settings
 from datamailer_web.app import build_app
 
@@ -10,4 +11,5 @@ from datamailer_web.app import build_app
 def create_app(settings: Settings | None = None) -> FastAPI:
     app = build_app(settings or Settings(), service="api", title="Datamailer client API")
     app.include_router(senders_router)
+    app.include_router(transactional_router)
     return app

@@ -1,0 +1,196 @@
+"""Building the outgoing message for SES v2 `SendEmail`.
+
+`Simple` content when the message is only From/To/Subject/bodies/Reply-To; `Raw` MIME
+(stdlib `email`) when custom headers, Cc or Bcc are present. Everything that becomes a
+header is checked here, whatever the caller validated before: no CR/LF/NUL in any header,
+one address per address field, reserved header names refused. Campaign sending reuses
+this with `List-Unsubscribe`/`List-Unsubscribe-Post` in `headers`.
+"""
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import formataddr, formatdate, parseaddr
+from typing import Any
+
+from datamailer_core.errors import DatamailerError
+
+HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9-]{1,80}$")
+RESERVED_HEADERS = frozenset(
+    {
+        "from",
+        "to",
+        "cc",
+        "bcc",
+        "reply-to",
+        "subject",
+        "content-type",
+        "content-transfer-encoding",
+        "mime-version",
+        "date",
+        "message-id",
+        "sender",
+        "return-path",
+    }
+)
+MAX_HEADERS = 50
+MAX_HEADER_VALUE = 998
+# SES message tag names and values: ASCII letters, digits, `_` and `-`, at most 256.
+_TAG_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+_LINE_BREAKS = re.compile(r"[\r\n\0]+")
+
+
+class InvalidMessage(DatamailerError):
+    """The stored message cannot become a safe email; `reason` is short and stable."""
+
+    code = "invalid_message"
+
+    def __init__(self, reason: str, message: str | None = None) -> None:
+        self.reason = reason
+        super().__init__(message or reason)
+
+
+@dataclass(frozen=True)
+class OutgoingEmail:
+    """One message to one set of recipients. `from_address` may carry a display name
+    (`Support <support@example.com>`); `display_name`, when given, replaces it."""
+
+    from_address: str
+    to: Sequence[str]
+    subject: str
+    html_body: str | None = None
+    text_body: str | None = None
+    display_name: str | None = None
+    reply_to: Sequence[str] = ()
+    cc: Sequence[str] = ()
+    bcc: Sequence[str] = ()
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+def _address(value: str, what: str) -> Address:
+    if _LINE_BREAKS.search(value):
+        raise InvalidMessage(f"invalid_{what}", f"{what} contains a line break")
+    name, addr = parseaddr(value)
+    local, sep, domain = addr.rpartition("@")
+    if not sep or not local or not domain or "," in value.replace(name, "", 1):
+        raise InvalidMessage(f"invalid_{what}", f"{what} is not one address")
+    try:
+        return Address(display_name=name, username=local, domain=domain)
+    except ValueError:
+        raise InvalidMessage(f"invalid_{what}", f"{what} is not one address") from None
+
+
+def _mailbox(addr: Address) -> str:
+    """`Name <a@b>` with the name quoted or RFC 2047-encoded as needed (SES wants
+    non-ASCII display names encoded); the bare address when there is no name."""
+    if addr.display_name:
+        return formataddr((addr.display_name, addr.addr_spec), charset="utf-8")
+    return addr.addr_spec
+
+
+def sender_mailbox(email: OutgoingEmail) -> str:
+    addr = _address(email.from_address, "from")
+    if email.display_name is not None:
+        if _LINE_BREAKS.search(email.display_name):
+            raise InvalidMessage("invalid_from", "display name contains a line break")
+        addr = Address(display_name=email.display_name, addr_spec=addr.addr_spec)
+    return _mailbox(addr)
+
+
+def _clean_headers(headers: Mapping[str, str]) -> list[tuple[str, str]]:
+    if len(headers) > MAX_HEADERS:
+        raise InvalidMessage("invalid_headers", "too many headers")
+    cleaned = []
+    for name, value in headers.items():
+        if not HEADER_NAME_RE.match(name) or name.lower() in RESERVED_HEADERS:
+            raise InvalidMessage("invalid_headers", f"header name {name!r} is not allowed")
+        if not isinstance(value, str) or _LINE_BREAKS.search(value) or len(value) > MAX_HEADER_VALUE:
+            raise InvalidMessage("invalid_headers", f"header {name} has an invalid value")
+        cleaned.append((name, value))
+    return cleaned
+
+
+def tag_value(value: object) -> str:
+    """A value SES accepts as a message tag (others are replaced by `_`)."""
+    return _TAG_UNSAFE.sub("_", str(value))[:256] or "_"
+
+
+def _raw_mime(
+    sender: str,
+    to: list[Address],
+    cc: list[Address],
+    reply_to: list[Address],
+    subject: str,
+    email: OutgoingEmail,
+    headers: list[tuple[str, str]],
+) -> bytes:
+    msg = EmailMessage(policy=SMTP)
+    msg["From"] = sender
+    msg["To"] = ", ".join(_mailbox(a) for a in to)
+    if cc:
+        msg["Cc"] = ", ".join(_mailbox(a) for a in cc)
+    if reply_to:
+        msg["Reply-To"] = ", ".join(_mailbox(a) for a in reply_to)
+    msg["Subject"] = subject
+    msg["Date"] = formatdate(localtime=False, usegmt=True)
+    for name, value in headers:
+        msg[name] = value
+    if email.text_body is not None:
+        msg.set_content(email.text_body, subtype="plain", charset="utf-8")
+        if email.html_body is not None:
+            msg.add_alternative(email.html_body, subtype="html", charset="utf-8")
+    else:
+        msg.set_content(email.html_body or "", subtype="html", charset="utf-8")
+    return msg.as_bytes()
+
+
+def build_ses_request(
+    email: OutgoingEmail,
+    *,
+    configuration_set: str | None = None,
+    tags: Mapping[str, object] | None = None,
+) -> dict[str, Any]:
+    """Keyword arguments for `sesv2.send_email(**request)`.
+
+    `tags` become EmailTags (e.g. `{"transactional_message_id": 12, "client": "app"}` or
+    `{"campaign_id": 55, "client": "app"}`) so SES events correlate. Raises InvalidMessage.
+    """
+    if email.html_body is None and email.text_body is None:
+        raise InvalidMessage("empty_body", "the message has neither an HTML nor a text body")
+    sender = sender_mailbox(email)
+    to = [_address(a, "to") for a in email.to]
+    cc = [_address(a, "cc") for a in email.cc]
+    bcc = [_address(a, "bcc") for a in email.bcc]
+    reply_to = [_address(a, "reply_to") for a in email.reply_to]
+    if not to:
+        raise InvalidMessage("invalid_to", "no recipient")
+    headers = _clean_headers(email.headers)
+    # A rendered subject never spans lines, whatever the template's context held.
+    subject = _LINE_BREAKS.sub(" ", email.subject).strip()
+
+    destination: dict[str, list[str]] = {"ToAddresses": [_mailbox(a) for a in to]}
+    if cc:
+        destination["CcAddresses"] = [_mailbox(a) for a in cc]
+    if bcc:
+        destination["BccAddresses"] = [_mailbox(a) for a in bcc]
+    request: dict[str, Any] = {"FromEmailAddress": sender, "Destination": destination}
+    if headers or cc or bcc:
+        raw = _raw_mime(sender, to, cc, reply_to, subject, email, headers)
+        request["Content"] = {"Raw": {"Data": raw}}
+    else:
+        body: dict[str, Any] = {}
+        if email.text_body is not None:
+            body["Text"] = {"Data": email.text_body, "Charset": "UTF-8"}
+        if email.html_body is not None:
+            body["Html"] = {"Data": email.html_body, "Charset": "UTF-8"}
+        request["Content"] = {"Simple": {"Subject": {"Data": subject, "Charset": "UTF-8"}, "Body": body}}
+        if reply_to:
+            request["ReplyToAddresses"] = [_mailbox(a) for a in reply_to]
+    if configuration_set:
+        request["ConfigurationSetName"] = configuration_set
+    if tags:
+        request["EmailTags"] = [{"Name": tag_value(k), "Value": tag_value(v)} for k, v in tags.items()]
+    return request

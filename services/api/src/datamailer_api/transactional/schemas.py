@@ -1,0 +1,228 @@
+"""Request and response bodies of the transactional routes (api.md, "Transactional
+templates" and "Transactional send")."""
+
+import math
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic_core import PydanticCustomError
+
+from datamailer_core.templating import is_storable_text
+
+MAX_ADDRESS_LIST = 20
+MAX_HEADERS = 20
+
+
+def _storable(value: Any) -> bool:
+    # What PostgreSQL keeps as sent: no NUL or unpaired surrogate (text and JSONB refuse
+    # them) and finite numbers (JSON has no NaN, and Python's parser accepts it).
+    if isinstance(value, str):
+        return is_storable_text(value)
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(_storable(item) for item in value)
+    if isinstance(value, dict):
+        return all(_storable(k) and _storable(v) for k, v in value.items())
+    return True
+
+
+def _require_storable(value: Any) -> Any:
+    if not _storable(value):
+        raise PydanticCustomError("storable", "no NUL, unpaired surrogate or non-finite number")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_require_storable)]
+JsonObject = Annotated[dict[str, Any], AfterValidator(_require_storable)]
+
+
+# A name, or `{"name", "description"}`; checked by the service so that errors name the
+# item (`required_context.2: invalid`) rather than each alternative of a union.
+RequiredContextEntry = Annotated[
+    Any,
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "maxLength": 100},
+                {
+                    "type": "object",
+                    "properties": {"name": {"type": "string"}, "description": {"type": "string"}},
+                    "required": ["name"],
+                    "additionalProperties": False,
+                },
+            ]
+        }
+    ),
+]
+
+
+class TemplateIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "Password reset",
+                    "subject": "Reset your password, {{ first_name|default:'there' }}",
+                    "html_body": '<p>Hi {{ first_name }},</p><p><a href="{{ reset_url }}">Reset</a></p>',
+                    "text_body": "Hi {{ first_name }},\n\nReset: {{ reset_url }}",
+                    "required_context": ["reset_url", {"name": "first_name", "description": "Shown"}],
+                    "example_context": {"first_name": "Ada", "reset_url": "https://example.com/r/abc"},
+                    "default_sender_id": "support",
+                }
+            ]
+        },
+    )
+    client: Text | None = Field(default=None, description="The client slug; must be the key's own.")
+    name: Text | None = Field(default=None, max_length=255, description="Defaults to the key.")
+    subject: Text = Field(description="Template source of the subject line.")
+    description: Text | None = Field(default=None, max_length=2000)
+    html_body: Text | None = None
+    text_body: Text | None = None
+    required_context: list[RequiredContextEntry] = Field(default_factory=list, max_length=100)
+    example_context: JsonObject = Field(default_factory=dict)
+    is_active: bool = True
+    default_sender_id: Text | None = Field(default=None, description="One of the client's sender ids.")
+
+
+class RequiredContextOut(BaseModel):
+    name: str
+    description: str | None = None
+
+
+class TemplateOut(BaseModel):
+    key: str
+    name: str
+    description: str | None
+    subject: str
+    html_body: str | None
+    text_body: str | None
+    required_context: list[RequiredContextOut]
+    example_context: dict[str, Any]
+    is_active: bool
+    default_sender_id: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class TemplateEnvelope(BaseModel):
+    template: TemplateOut
+
+
+class TemplateUpsertOut(TemplateEnvelope):
+    created: bool
+
+
+class SendIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "email": "ada@example.com",
+                    "template_key": "password-reset",
+                    "idempotency_key": "reset-8f14e45f",
+                    "context": {"first_name": "Ada", "reset_url": "https://example.com/r/abc"},
+                    "from_email": "support",
+                    "headers": {"X-Entity-Ref-ID": "8f14e45f"},
+                }
+            ]
+        },
+    )
+    email: Text = Field(max_length=320)
+    template_key: Text = Field(min_length=1, max_length=180)
+    idempotency_key: Text | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        description="Repeating a request with the same key returns the first message.",
+    )
+    context: JsonObject = Field(default_factory=dict)
+    metadata: JsonObject = Field(default_factory=dict)
+    from_email: Text | None = Field(default=None, description="A sender id (not an address).")
+    reply_to: Text | None = Field(default=None, max_length=320)
+    cc: list[Text] = Field(default_factory=list, max_length=MAX_ADDRESS_LIST)
+    bcc: list[Text] = Field(default_factory=list, max_length=MAX_ADDRESS_LIST)
+    headers: dict[Text, Text] = Field(default_factory=dict, max_length=MAX_HEADERS)
+    category_tag: Text | None = Field(
+        default=None, min_length=1, max_length=100, description="Needs `audience` and `client`."
+    )
+    audience: Text | None = None
+    client: Text | None = Field(default=None, description="The client slug; must be the key's own.")
+    dry_run: bool = False
+
+
+class MessageOut(BaseModel):
+    id: int | None = Field(description="Null in a dry run.")
+    email: str
+    from_email: str = Field(description="The sender id.")
+    from_email_address: str = Field(description="The sender's address, with its display name.")
+    reply_to: str | None
+    cc: list[str]
+    bcc: list[str]
+    status: str
+    template_key: str
+    idempotency_key: str | None
+    created_at: datetime | None
+
+
+class SendOut(BaseModel):
+    message: MessageOut
+    idempotent_replay: bool
+    enqueued: bool
+
+
+class RenderedOut(BaseModel):
+    subject: str
+    html_body: str | None
+    text_body: str | None
+
+
+class DeliveryDecisionOut(BaseModel):
+    allowed: bool
+    reason: str | None
+
+
+class DryRunOut(SendOut):
+    rendered: RenderedOut
+    would_deliver: bool
+    delivery_decision: DeliveryDecisionOut
+
+
+class SuppressedErrorOut(BaseModel):
+    code: str = "transactional_suppressed"
+    message: str
+    fields: dict[str, str] = Field(default_factory=dict)
+    reason: str = Field(examples=["hard_bounce"])
+
+
+class SuppressedOut(SendOut):
+    error: SuppressedErrorOut
+
+
+class MessageStatusOut(BaseModel):
+    id: int
+    email: str
+    subject: str
+    status: str
+    status_reason: str | None
+    template_key: str
+    idempotency_key: str
+    from_email: str
+    contact_id: int | None
+    ses_message_id: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class EventOut(BaseModel):
+    event_type: str
+    created_at: datetime
+    metadata: dict[str, Any]
+
+
+class MessageStatusResponse(BaseModel):
+    message: MessageStatusOut
+    events: list[EventOut]
