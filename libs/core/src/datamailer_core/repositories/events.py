@@ -1,0 +1,50 @@
+"""Appending to the email event timeline (append-only)."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from datamailer_core.models import EmailEvent
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    event_type: str
+    contact_id: int | None = None
+    client_id: int | None = None
+    audience_id: int | None = None
+    campaign_id: int | None = None
+    campaign_recipient_id: int | None = None
+    transactional_message_id: int | None = None
+    url: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    provider_event_id: str | None = None
+
+
+async def append_events(session: AsyncSession, events: Sequence[NewEvent]) -> None:
+    """One INSERT for any number of events."""
+    if not events:
+        return
+    rows = [
+        {
+            "event_type": e.event_type,
+            "contact_id": e.contact_id,
+            "client_id": e.client_id,
+            "audience_id": e.audience_id,
+            "campaign_id": e.campaign_id,
+            "campaign_recipient_id": e.campaign_recipient_id,
+            "transactional_message_id": e.transactional_message_id,
+            "url": e.url,
+            "metadata_": e.metadata,
+            "provider_event_id": e.provider_event_id,
+        }
+        for e in events
+    ]
+    await session.execute(insert(EmailEvent), rows)
+
+
+async def append_event(session: AsyncSession, event_type: str, **fields: Any) -> None:
+    await append_events(session, [NewEvent(event_type, **fields)])
