@@ -8,6 +8,7 @@ that commits still leaves nothing behind.
 """
 
 import asyncio
+import logging
 import os
 import secrets
 import shutil
@@ -153,6 +154,7 @@ async def session(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterat
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
     port = free_port()
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per moto request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     yield f"http://127.0.0.1:{port}"

@@ -24,14 +24,16 @@ def can_send_marketing(
     complained_at: datetime | None,
     validation_status: str,
     client_status: str | None,
+    audience_status: str | None = None,
 ) -> bool:
-    """Verified at any level, not suppressed, validation not bad, and the client
-    subscription is `subscribed`."""
+    """Verified at any level, not suppressed, validation not bad, the client subscription
+    `subscribed`, and not unsubscribed from the whole audience."""
     return (
         verified
         and not marketing_suppressed(global_unsubscribed_at, hard_bounced_at, complained_at)
         and validation_status not in BAD_VALIDATION_STATUSES
         and client_status == "subscribed"
+        and audience_status != "unsubscribed"
     )
 
 

@@ -2,6 +2,9 @@
 
 from fastapi import FastAPI
 
+from datamailer_api.audience.router import router as contacts_router
+from datamailer_api.audience.transfer import CSV_IMPORT_LIMIT, CSV_IMPORT_PATH
+from datamailer_api.audience.transfer import router as transfer_router
 from datamailer_api.senders.router import router as senders_router
 from datamailer_api.transactional.router import router as transactional_router
 from datamailer_core.settings import Settings
@@ -9,7 +12,14 @@ from datamailer_web.app import build_app
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    app = build_app(settings or Settings(), service="api", title="Datamailer client API")
+    app = build_app(
+        settings or Settings(),
+        service="api",
+        title="Datamailer client API",
+        body_limits={CSV_IMPORT_PATH: CSV_IMPORT_LIMIT},
+    )
     app.include_router(senders_router)
+    app.include_router(transfer_router)
+    app.include_router(contacts_router)
     app.include_router(transactional_router)
     return app

@@ -122,6 +122,7 @@ _UPDATE_CONTACTS = text(
 
 
 def _upsert_subscriptions(client_level: bool) -> Any:
+    client = "CAST(:client_id AS bigint)" if client_level else "NULL"
     target = "(contact_id, audience_id, client_id) WHERE client_id IS NOT NULL"
     if not client_level:
         target = "(contact_id, audience_id) WHERE client_id IS NULL"
@@ -129,7 +130,7 @@ def _upsert_subscriptions(client_level: bool) -> Any:
         f"""
         INSERT INTO subscriptions (contact_id, audience_id, client_id, status, verified_at, unsubscribed_at,
                                    unsubscribe_reason)
-        SELECT v.contact_id, :audience_id, {":client_id" if client_level else "NULL"}, v.status,
+        SELECT v.contact_id, CAST(:audience_id AS bigint), {client}, v.status,
                v.verified_at, v.unsubscribed_at, v.unsubscribe_reason
         FROM unnest(CAST(:ids AS bigint[]), CAST(:status AS text[]), CAST(:verified_at AS timestamptz[]),
                     CAST(:unsubscribed_at AS timestamptz[]), CAST(:unsubscribe_reason AS text[]))
@@ -150,7 +151,7 @@ _ADD_TAGS = text(
         SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:slugs AS text[])) AS w(contact_id, slug)
     ), created AS (
         INSERT INTO tags (audience_id, slug, name)
-        SELECT DISTINCT :audience_id, slug, slug FROM wanted
+        SELECT DISTINCT CAST(:audience_id AS bigint), slug, slug FROM wanted
         ON CONFLICT (audience_id, slug) DO NOTHING
         RETURNING id, slug
     ), all_tags AS (

@@ -75,16 +75,20 @@ async def view_contact(
         if contact_id is not None
         else stmt.where(Contact.normalized_email == email)
     )
-    row = (await session.execute(stmt)).one_or_none()
+    # populate_existing: the engine writes with plain SQL, so objects already in the
+    # session would otherwise show the state from before the write.
+    row = (await session.execute(stmt.execution_options(populate_existing=True))).one_or_none()
     if row is None:
         return None
     contact, client_sub = row
     audience_sub = await session.scalar(
-        select(Subscription).where(
+        select(Subscription)
+        .where(
             Subscription.contact_id == contact.id,
             Subscription.audience_id == audience_id,
             Subscription.client_id.is_(None),
         )
+        .execution_options(populate_existing=True)
     )
     return ContactView(
         contact, client_sub, audience_sub, await contact_tags(session, contact.id, audience_id)
@@ -126,14 +130,14 @@ async def add_tags(session: AsyncSession, contact_id: int, audience_id: int, slu
     await session.execute(
         text(
             "INSERT INTO tags (audience_id, slug, name) "
-            "SELECT :audience_id, s, s FROM unnest(CAST(:slugs AS text[])) s "
+            "SELECT CAST(:audience_id AS bigint), s, s FROM unnest(CAST(:slugs AS text[])) s "
             "ON CONFLICT (audience_id, slug) DO NOTHING"
         ),
         {"audience_id": audience_id, "slugs": slugs},
     )
     await session.execute(
         text(
-            "INSERT INTO contact_tags (contact_id, tag_id) SELECT :contact_id, id FROM tags "
+            "INSERT INTO contact_tags (contact_id, tag_id) SELECT CAST(:contact_id AS bigint), id FROM tags "
             "WHERE audience_id = :audience_id AND slug = ANY(CAST(:slugs AS text[])) "
             "ON CONFLICT (contact_id, tag_id) DO NOTHING"
         ),
@@ -154,11 +158,13 @@ async def category_preferences(
     session: AsyncSession, contact_id: int, audience_id: int, client_id: int
 ) -> dict[str, CategoryPreference]:
     rows = await session.scalars(
-        select(CategoryPreference).where(
+        select(CategoryPreference)
+        .where(
             CategoryPreference.contact_id == contact_id,
             CategoryPreference.audience_id == audience_id,
             CategoryPreference.client_id == client_id,
         )
+        .execution_options(populate_existing=True)
     )
     return {row.tag: row for row in rows}
 
@@ -176,7 +182,8 @@ async def set_category_preferences(
         text(
             """
             INSERT INTO category_preferences (contact_id, audience_id, client_id, tag, enabled, label, reason)
-            SELECT :contact_id, :audience_id, :client_id, t, e, l, :reason
+            SELECT CAST(:contact_id AS bigint), CAST(:audience_id AS bigint), CAST(:client_id AS bigint), t, e, l,
+                   CAST(:reason AS text)
             FROM unnest(CAST(:tags AS text[]), CAST(:enabled AS boolean[]), CAST(:labels AS text[])) AS v(t, e, l)
             ON CONFLICT (contact_id, audience_id, client_id, tag) WHERE client_id IS NOT NULL
             DO UPDATE SET enabled = excluded.enabled, label = COALESCE(excluded.label, category_preferences.label),
@@ -251,7 +258,13 @@ def contacts_query(f: ContactFilters) -> Select[Any]:
         .scalar_subquery()
     )
     stmt = (
-        select(Contact, Subscription, aud.c.status.label("audience_status"), tag_list.label("tags"))
+        select(
+            Contact,
+            Subscription,
+            aud.c.status.label("audience_status"),
+            aud.c.verified_at.label("audience_verified_at"),
+            tag_list.label("tags"),
+        )
         .join(Subscription, _client_sub(f.audience_id, f.client_id))
         .outerjoin(
             aud,

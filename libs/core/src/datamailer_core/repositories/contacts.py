@@ -5,6 +5,7 @@ bounced, complained or unsubscribed globally comes back suppressed."""
 
 import hashlib
 
+from pydantic import EmailStr, TypeAdapter, ValidationError
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -63,3 +64,19 @@ async def get_or_create_contact(session: AsyncSession, email: str) -> tuple[Cont
     )
     assert contact is not None
     return contact, inserted is not None
+
+
+_EMAIL = TypeAdapter(EmailStr)
+MAX_EMAIL_LENGTH = 254
+
+
+def clean_email(raw: str) -> str | None:
+    """The trimmed address when it is one valid address, else None."""
+    email = raw.strip()
+    if not email or len(email) > MAX_EMAIL_LENGTH or any(ch in email for ch in "\r\n\0 ,;<>"):
+        return None
+    try:
+        _EMAIL.validate_python(email)
+    except ValidationError:
+        return None
+    return email

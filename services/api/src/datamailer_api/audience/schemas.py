@@ -1,0 +1,232 @@
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+SubscriptionStatus = Literal["pending", "subscribed", "unsubscribed"]
+ValidationStatus = Literal[
+    "unknown",
+    "valid",
+    "invalid_syntax",
+    "no_mx",
+    "disposable",
+    "risky",
+    "manually_invalid",
+    "externally_validated",
+]
+Slug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+Email = Annotated[str, StringConstraints(max_length=320)]
+Reason = Annotated[str, StringConstraints(max_length=500)]
+ScopeSlug = Annotated[str, StringConstraints(min_length=1, max_length=120)]
+
+EXAMPLE = {"email": "alice@example.com", "audience": "newsletter", "client": "web"}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Scoped(Strict):
+    audience: ScopeSlug
+    client: ScopeSlug
+
+
+class EmailValidationIn(Strict):
+    status: ValidationStatus
+    reason: Reason | None = None
+    validated_at: datetime | None = None
+
+
+class SuppressionFlags(Strict):
+    global_unsubscribed: bool | None = None
+    hard_bounced: bool | None = None
+    complained: bool | None = None
+
+
+class ContactUpsertIn(Scoped):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{**EXAMPLE, "status": "subscribed", "tags": ["python"], "verified": True}]
+        },
+    )
+    email: Email
+    status: SubscriptionStatus | None = None
+    tags: list[Slug] = Field(default_factory=list, max_length=100)
+    verified: bool | None = None
+    email_validation: EmailValidationIn | None = None
+    suppression: SuppressionFlags | None = None
+
+
+class ImportItem(Strict):
+    email: Email
+    status: SubscriptionStatus | None = None
+    tags: list[Slug] = Field(default_factory=list, max_length=100)
+    verified: bool | None = None
+    email_validation: EmailValidationIn | None = None
+    suppression: SuppressionFlags | None = None
+
+
+class ImportIn(Scoped):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{**EXAMPLE, "contacts": [{"email": "bob@example.com"}]}]},
+    )
+    contacts: list[dict[str, Any]] = Field(max_length=10_000)
+    dry_run: bool = False
+
+
+class ValidationOut(BaseModel):
+    status: str
+    reason: str | None
+    validated_at: datetime | None
+
+
+class SubscriptionOut(BaseModel):
+    slug: str
+    subscribed: bool
+    status: str | None
+    verified: bool
+    verified_at: datetime | None
+    unsubscribed_at: datetime | None
+    unsubscribe_reason: str | None
+
+
+class ContactStatus(BaseModel):
+    contact_id: int | None
+    email: str
+    exists: bool
+    verified: bool
+    verified_at: datetime | None
+    email_validation: ValidationOut
+    global_unsubscribed: bool
+    hard_bounced: bool
+    complained: bool
+    audience: SubscriptionOut
+    client: SubscriptionOut
+    can_send_marketing: bool
+    can_send_transactional: bool
+
+
+class ContactOut(ContactStatus):
+    tags: list[str]
+
+
+class VerificationIn(Strict):
+    verified: bool
+    verified_at: datetime | None = None
+    audience: ScopeSlug | None = None
+    client: ScopeSlug | None = None
+
+
+class ValidationPatchIn(Strict):
+    status: ValidationStatus
+    reason: Reason | None = None
+    validated_at: datetime | None = None
+    audience: ScopeSlug | None = None
+    client: ScopeSlug | None = None
+
+
+class SuppressionPatchIn(SuppressionFlags):
+    reason: Reason | None = None
+    audience: ScopeSlug | None = None
+    client: ScopeSlug | None = None
+
+
+class TagsIn(Strict):
+    tags: list[Slug] = Field(max_length=100)
+    audience: ScopeSlug | None = None
+    client: ScopeSlug | None = None
+
+
+class SubscribeIn(ContactUpsertIn):
+    pass
+
+
+class UnsubscribeIn(Scoped):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{**EXAMPLE, "scope": "client"}]}
+    )
+    email: Email
+    scope: Literal["client", "audience", "global"] = "client"
+    reason: Reason | None = None
+
+
+class CategoryIn(Strict):
+    tag: Slug
+    enabled: bool
+    label: Annotated[str, StringConstraints(max_length=200)] | None = None
+
+
+class PreferencesIn(Scoped):
+    email: Email
+    categories: list[CategoryIn] = Field(max_length=100)
+    reason: Reason | None = None
+
+
+class CategoryOut(BaseModel):
+    tag: str
+    enabled: bool
+    label: str | None
+
+
+class PreferencesOut(BaseModel):
+    email: str
+    exists: bool
+    categories: list[CategoryOut]
+
+
+class EraseIn(Scoped):
+    email: Email
+
+
+class EraseOut(BaseModel):
+    erased: bool
+    suppressed: bool
+
+
+class HistoryItem(BaseModel):
+    kind: str
+    id: int
+    created_at: datetime
+    type: str
+    status: str | None
+    subject: str | None
+    campaign_id: int | None
+    transactional_message_id: int | None
+    url: str | None
+    metadata: dict[str, Any] | None
+
+
+class HistoryOut(BaseModel):
+    items: list[HistoryItem]
+    next_cursor: str | None
+
+
+class ContactListOut(BaseModel):
+    contacts: list[ContactOut]
+    next_cursor: str | None
+
+
+class ImportCounts(BaseModel):
+    total: int = 0
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    skipped: int = 0
+    invalid: int = 0
+
+
+class ImportError_(BaseModel):
+    index: int | None = None
+    row: int | None = None
+    email: str | None = None
+    code: str
+    fields: dict[str, str] = Field(default_factory=dict)
+
+
+class ImportOut(BaseModel):
+    dry_run: bool
+    counts: ImportCounts
+    errors: list[ImportError_]
+    errors_truncated: bool = False
