@@ -230,7 +230,11 @@ def _plan(
         contact["verified_at"] = item.verified_at or now
     elif item.contact_verified is False:
         contact["verified_at"] = None
-    if item.validation_status is not None:
+    if item.validation_status is not None and (
+        (item.validation_status, item.validation_reason)
+        != (contact["validation_status"], contact["validation_reason"])
+        or (item.validated_at is not None and item.validated_at != contact["validated_at"])
+    ):
         contact["validation_status"] = item.validation_status
         contact["validation_reason"] = item.validation_reason
         contact["validated_at"] = item.validated_at or now

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, delete, exists, func, select, text, update
+from sqlalchemy import Select, and_, delete, exists, func, literal, select, text, update
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -252,7 +253,7 @@ def contacts_query(f: ContactFilters) -> Select[Any]:
     """Contacts of one client in one audience with their subscription rows, by id."""
     aud = Subscription.__table__.alias("aud")
     tag_list = (
-        select(func.coalesce(func.string_agg(Tag.slug, ",", order_by=Tag.slug), ""))
+        select(func.coalesce(func.string_agg(Tag.slug, aggregate_order_by(literal(","), Tag.slug)), ""))
         .join(ContactTag, ContactTag.tag_id == Tag.id)
         .where(ContactTag.contact_id == Contact.id, Tag.audience_id == f.audience_id)
         .scalar_subquery()

@@ -14,6 +14,7 @@ from typing import IO, Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
+from starlette.datastructures import FormData
 from starlette.datastructures import UploadFile as StarletteUpload
 
 from datamailer_api.audience import service
@@ -140,7 +141,7 @@ def _check_utf8(upload: IO[bytes]) -> None:
 
 
 @router.post(
-    CSV_IMPORT_PATH,
+    CSV_IMPORT_PATH.removeprefix("/api"),
     response_model=ImportOut,
     openapi_extra={
         "requestBody": {
@@ -167,6 +168,13 @@ async def import_csv(request: Request, auth: CurrentClient, session: SessionDep)
     if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
         raise UnsupportedMediaType("send multipart/form-data", fields={"body": "unsupported_media_type"})
     form = await request.form(max_files=1, max_fields=10)
+    try:
+        return await _import_form(form, auth, session)
+    finally:
+        await form.close()  # the spooled upload is deleted now, not at garbage collection
+
+
+async def _import_form(form: FormData, auth: CurrentClient, session: SessionDep) -> ImportOut:
     audience, client = form.get("audience"), form.get("client")
     if not isinstance(audience, str) or not audience:
         raise ValidationFailed("name the audience", fields={"audience": "required"})
