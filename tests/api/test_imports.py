@@ -1,5 +1,6 @@
 import csv
 import io
+from typing import Any
 
 import pytest
 from httpx import AsyncClient
@@ -20,7 +21,7 @@ def _csv(rows: list[list[str]], bom: bool = False) -> bytes:
     return (b"\xef\xbb\xbf" if bom else b"") + buffer.getvalue().encode()
 
 
-async def _post_csv(api: AsyncClient, tenant: Tenant, content: bytes, **fields: str) -> dict[str, object]:
+async def _post_csv(api: AsyncClient, tenant: Tenant, content: bytes, **fields: str) -> dict[str, Any]:
     response = await api.post(
         "/api/contacts/imports/csv",
         data={"audience": tenant.audience_slug, "client": tenant.client_slug, **fields},
