@@ -60,8 +60,8 @@ def _reachable(host: str, port: int) -> bool:
 def postgres_server_url() -> Iterator[str]:
     """`postgresql+asyncpg://user@host:port` of a server the tests may create databases on."""
     if url := os.environ.get("DATABASE_URL"):
-        parsed = make_url(url).set(drivername="postgresql+asyncpg", database=None)
-        yield parsed.render_as_string(hide_password=False)
+        parsed = make_url(url).set(drivername="postgresql+asyncpg", database="")
+        yield parsed.render_as_string(hide_password=False).rstrip("/")
         return
     if _reachable("127.0.0.1", 5432):
         yield "postgresql+asyncpg://postgres@127.0.0.1:5432"

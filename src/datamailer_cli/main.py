@@ -16,7 +16,9 @@ from pydantic import ValidationError
 from datamailer_cli import ops
 from datamailer_cli.up import LocalStack
 from datamailer_core.errors import DatamailerError
+from datamailer_core.logging import configure_logging
 from datamailer_core.settings import Settings
+from datamailer_workers import poller, scheduler
 
 app = typer.Typer(help="Datamailer: self-hosted email on Amazon SES.", no_args_is_help=True)
 queues_app = typer.Typer(help="SQS queues.", no_args_is_help=True)
@@ -187,6 +189,40 @@ def keys_revoke(
     """Revoke an API key (idempotent)."""
     run(ops.revoke_key(settings(), public_id))
     typer.echo(f"revoked {public_id}")
+
+
+@app.command()
+@one_line_errors
+def worker(
+    queue: Annotated[str, typer.Argument(help="A queue name (e.g. transactional-email), or all.")],
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, help="Records in progress per queue (WORKER_CONCURRENCY).")
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="Serve Prometheus metrics on this port.")
+    ] = None,
+) -> None:
+    """Poll SQS and run the handlers until SIGTERM/SIGINT (in-flight records finish)."""
+    try:
+        queues = poller.resolve_queues(queue)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    cfg = settings()
+    configure_logging(cfg.log)
+    run(poller.run_workers(cfg, queues, concurrency=concurrency, metrics_port=metrics_port))
+
+
+@app.command("scheduler")
+@one_line_errors
+def scheduler_command(
+    once: Annotated[bool, typer.Option("--once", help="Run every job once, then exit.")] = False,
+) -> None:
+    """Re-enqueue lost `queued` messages and expire stale leases, every SCHEDULER_INTERVAL_SECONDS."""
+    cfg = settings()
+    configure_logging(cfg.log)
+    results = run(scheduler.run(cfg, once=once))
+    for name, count in (results or {}).items():
+        typer.echo(f"{name}: {count}")
 
 
 @app.command()

@@ -32,6 +32,8 @@ DATABASE = "datamailer"
 
 # Later services add themselves here (workers, scheduler): `up` starts each of them.
 SERVICE_COMMANDS: list[list[str]] = []
+SERVICE_COMMANDS.append(["worker", "all"])
+SERVICE_COMMANDS.append(["scheduler"])
 
 
 def say(message: str) -> None:

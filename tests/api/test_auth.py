@@ -43,7 +43,7 @@ async def test_a_known_public_id_with_a_wrong_secret_is_rejected(
     api: AsyncClient, tenants: TenantFactory
 ) -> None:
     tenant = await tenants.create()
-    public_part = tenant.key.rsplit("_", 1)[0]
+    public_part = "_".join(tenant.key.split("_", 2)[:2])
     forged = public_part + "_" + "A" * 43
     response = await api.get(SENDERS, headers={"Authorization": f"Bearer {forged}"})
     assert response.status_code == 401
@@ -74,7 +74,7 @@ async def test_an_inactive_client_is_refused(
 
 async def test_the_raw_key_is_nowhere_in_the_database(tenants: TenantFactory, session: AsyncSession) -> None:
     tenant = await tenants.create()
-    secret = tenant.key.rsplit("_", 1)[1]
+    secret = tenant.key.split("_", 2)[2]
     rows = (await session.execute(text("select row_to_json(k)::text from client_api_keys k"))).scalars().all()
     assert rows
     for row in rows:

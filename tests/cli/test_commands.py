@@ -105,7 +105,7 @@ def test_provision_senders_and_keys_lifecycle(cli: Cli) -> None:
     assert "already has an active key named" in dup.stderr
 
     listing = cli("keys", "list", "web").stdout
-    public = raw.rsplit("_", 1)[0]
+    public = "_".join(raw.split("_", 2)[:2])
     assert public in listing
     assert raw not in listing
     assert "name=production" in listing

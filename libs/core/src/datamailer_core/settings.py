@@ -5,7 +5,7 @@ the working directory is read when present. Nothing here is instantiated at impo
 """
 
 from enum import StrEnum
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -73,6 +73,35 @@ class SesSettings(_Group):
     max_send_rate: float = Field(default=14.0, gt=0, validation_alias="SES_MAX_SEND_RATE")
 
 
+ExpiredLeasePolicy = Literal["resend", "fail"]
+
+
+class DeliverySettings(_Group):
+    """Workers and the sweeper: leases, the expired-lease policy per stream (spec/queues.md,
+    "Idempotency"), the adaptive send-rate bounds and the sweeper's thresholds."""
+
+    transactional_expired_lease_policy: ExpiredLeasePolicy = Field(
+        default="resend", validation_alias="TRANSACTIONAL_EXPIRED_LEASE_POLICY"
+    )
+    campaign_expired_lease_policy: ExpiredLeasePolicy = Field(
+        default="fail", validation_alias="CAMPAIGN_EXPIRED_LEASE_POLICY"
+    )
+    lease_seconds: float = Field(default=120.0, gt=0, validation_alias="SEND_LEASE_SECONDS")
+    transactional_max_attempts: int = Field(default=10, ge=1, validation_alias="TRANSACTIONAL_MAX_ATTEMPTS")
+    # A `queued` row untouched this long is assumed to have lost its queue message.
+    requeue_after_seconds: float = Field(
+        default=300.0, gt=0, validation_alias="TRANSACTIONAL_REQUEUE_AFTER_SECONDS"
+    )
+    scheduler_interval_seconds: float = Field(
+        default=30.0, gt=0, validation_alias="SCHEDULER_INTERVAL_SECONDS"
+    )
+    worker_concurrency: int = Field(default=10, ge=1, validation_alias="WORKER_CONCURRENCY")
+    # The adaptive rate never goes below this floor (per second, account-wide).
+    min_send_rate: float = Field(default=1.0, gt=0, validation_alias="SES_MIN_SEND_RATE")
+    # Bucket size in seconds of sending at the current rate: the largest burst allowed.
+    send_burst_seconds: float = Field(default=1.0, gt=0, validation_alias="SES_SEND_BURST_SECONDS")
+
+
 class TrackingSettings(_Group):
     public_base_url: str = Field(default="http://localhost:8001", validation_alias="PUBLIC_BASE_URL")
 
@@ -92,6 +121,7 @@ class Settings(_Group):
     aws: AwsSettings = Field(default_factory=AwsSettings)
     queues: QueueSettings = Field(default_factory=QueueSettings)
     ses: SesSettings = Field(default_factory=SesSettings)
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     log: LogSettings = Field(default_factory=LogSettings)

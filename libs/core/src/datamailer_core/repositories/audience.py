@@ -93,12 +93,12 @@ _LOAD_STATE = text(
            au.unsubscribe_reason AS a_unsubscribe_reason,
            COALESCE((SELECT array_agg(t.slug) FROM contact_tags ct JOIN tags t ON t.id = ct.tag_id
                      WHERE ct.contact_id = c.id AND t.audience_id = :audience_id), '{}') AS tags
-    FROM contacts c
+    FROM unnest(CAST(:norms AS text[])) AS wanted(norm)
+    JOIN contacts c ON c.normalized_email = wanted.norm
     LEFT JOIN subscriptions cs ON cs.contact_id = c.id AND cs.audience_id = :audience_id
          AND cs.client_id = :client_id
     LEFT JOIN subscriptions au ON au.contact_id = c.id AND au.audience_id = :audience_id
          AND au.client_id IS NULL
-    WHERE c.normalized_email = ANY(CAST(:norms AS text[]))
     ORDER BY c.id
     FOR UPDATE OF c
     """

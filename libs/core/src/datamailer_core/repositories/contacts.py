@@ -4,6 +4,7 @@ Creating a contact consults the suppression list first, so an address erased aft
 bounced, complained or unsubscribed globally comes back suppressed."""
 
 import hashlib
+import re
 
 from pydantic import EmailStr, TypeAdapter, ValidationError
 from sqlalchemy import select
@@ -68,6 +69,13 @@ async def get_or_create_contact(session: AsyncSession, email: str) -> tuple[Cont
 
 _EMAIL = TypeAdapter(EmailStr)
 MAX_EMAIL_LENGTH = 254
+_SPECIAL_USE = {"arpa", "invalid", "local", "localhost", "onion", "test"}  # as the full validator
+# Plain ASCII addresses (nearly all of them) are checked with this dot-atom pattern;
+# anything else goes through the full validator, which is ~50x slower.
+_ASCII_EMAIL = re.compile(
+    r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$"
+)
 
 
 def clean_email(raw: str) -> str | None:
@@ -75,6 +83,10 @@ def clean_email(raw: str) -> str | None:
     email = raw.strip()
     if not email or len(email) > MAX_EMAIL_LENGTH or any(ch in email for ch in "\r\n\0 ,;<>"):
         return None
+    local = email.partition("@")[0]
+    tld = email.rsplit(".", 1)[-1].lower()
+    if email.isascii() and len(local) <= 64 and tld not in _SPECIAL_USE and _ASCII_EMAIL.match(email):
+        return email
     try:
         _EMAIL.validate_python(email)
     except ValidationError:

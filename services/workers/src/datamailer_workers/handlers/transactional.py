@@ -1,0 +1,163 @@
+"""The `transactional-email` handler: claim with a lease, send through SES outside any
+transaction, record the outcome (spec/queues.md). Safe under at-least-once delivery:
+a duplicate record finds the row terminal (or leased) and sends nothing."""
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from email.utils import parseaddr
+from typing import Final, TypeVar
+
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from datamailer_core.contracts import TransactionalEmailV1
+from datamailer_core.mail import InvalidMessage, OutgoingEmail, build_ses_request
+from datamailer_core.ratelimit import Permit
+from datamailer_core.repositories import deliveries
+from datamailer_core.repositories.deliveries import TransactionalDelivery
+from datamailer_core.sending import PermanentSendError, TransientSendError, send_via_ses
+from datamailer_workers.deps import WorkerDeps
+from datamailer_workers.errors import RetryLater
+
+logger = logging.getLogger("datamailer.workers.transactional")
+
+STREAM: Final = "transactional"
+MAX_ATTEMPTS_EXCEEDED: Final = "max_attempts_exceeded"
+# Recording an outcome after SES accepted the mail is retried before giving up: a lost
+# `sent` would mean a second send once the lease expires.
+RECORD_ATTEMPTS: Final = 4
+RECORD_RETRY_SECONDS: Final = 0.5
+
+T = TypeVar("T")
+
+
+async def _in_transaction(deps: WorkerDeps, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    for attempt in range(1, RECORD_ATTEMPTS + 1):
+        try:
+            async with deps.sessionmaker() as session, session.begin():
+                return await work(session)
+        except (OperationalError, InterfaceError, OSError):
+            if attempt == RECORD_ATTEMPTS:
+                raise
+            logger.warning("database unavailable, retrying", exc_info=True)
+            await asyncio.sleep(RECORD_RETRY_SECONDS * attempt)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def outgoing_email(delivery: TransactionalDelivery) -> OutgoingEmail:
+    """The row as an email. The From display name is the row's own (`Name <address>`),
+    else the client's configured name for that sender address."""
+    name, address = parseaddr(delivery.from_address)
+    display_name = None
+    if not name and delivery.sender_email:
+        configured_name, configured_address = parseaddr(delivery.sender_email)
+        if configured_name and configured_address.lower() == address.lower():
+            display_name = configured_name
+    return OutgoingEmail(
+        from_address=delivery.from_address,
+        display_name=display_name,
+        to=[delivery.email],
+        subject=delivery.subject,
+        html_body=delivery.html_body,
+        text_body=delivery.text_body,
+        reply_to=[delivery.reply_to] if delivery.reply_to else [],
+        cc=delivery.cc,
+        bcc=delivery.bcc,
+        headers=delivery.headers,
+    )
+
+
+async def _adapt_rate(deps: WorkerDeps, permit: Permit, *, throttled: bool) -> None:
+    # The send's outcome stands whatever happens here.
+    try:
+        if throttled:
+            await deps.rate_limiter.throttled(permit)
+        else:
+            await deps.rate_limiter.succeeded(permit.tokens)
+    except Exception:
+        logger.warning("could not update the send rate", exc_info=True)
+
+
+async def handle_transactional_email(msg: TransactionalEmailV1, deps: WorkerDeps) -> None:
+    delivery_settings = deps.settings.delivery
+    metrics = deps.metrics
+    message_id = msg.transactional_message_id
+    permit = await deps.rate_limiter.acquire(1, priority=True)
+    owner = deps.lease_owner()
+
+    async def claim(session: AsyncSession) -> deliveries.Claim:
+        return await deliveries.claim_transactional(
+            session,
+            message_id,
+            client_id=msg.client_id,
+            idempotency_key=msg.idempotency_key,
+            owner=owner,
+            lease_seconds=delivery_settings.lease_seconds,
+            expired_policy=delivery_settings.transactional_expired_lease_policy,
+        )
+
+    claimed = await _in_transaction(deps, claim)
+    log = {"transactional_message_id": message_id, "outcome": claimed.outcome}
+    if claimed.outcome == "in_progress":
+        raise RetryLater(f"message {message_id} is leased by another worker", delay=claimed.retry_after)
+    if claimed.outcome in ("missing", "terminal"):
+        metrics.idempotency_skips.labels(STREAM).inc()
+        logger.info("nothing to send", extra={**log, "status": claimed.row_status})
+        return
+    if claimed.outcome == "suppressed":
+        metrics.sends.labels(STREAM, "skipped").inc()
+        logger.info("skipped at claim", extra={**log, "reason": claimed.reason})
+        return
+    if claimed.outcome != "claimed" or claimed.delivery is None:
+        metrics.sends.labels(STREAM, "failed").inc()
+        logger.warning("failed at claim", extra={**log, "reason": claimed.reason})
+        return
+    delivery = claimed.delivery
+
+    async def fail(reason: str, error: str | None = None) -> None:
+        async def work(session: AsyncSession) -> bool:
+            return await deliveries.record_failed(session, message_id, owner, reason, error)
+
+        await _in_transaction(deps, work)
+        metrics.sends.labels(STREAM, "failed").inc()
+        logger.warning("send failed permanently", extra={**log, "reason": reason})
+
+    if delivery.attempt_count > delivery_settings.transactional_max_attempts:
+        await fail(MAX_ATTEMPTS_EXCEEDED)
+        return
+    try:
+        request = build_ses_request(
+            outgoing_email(delivery),
+            configuration_set=deps.settings.ses.configuration_set,
+            tags={"transactional_message_id": delivery.id, "client": delivery.client_slug},
+        )
+    except InvalidMessage as exc:
+        await fail(exc.reason, exc.message)
+        return
+
+    try:
+        result = await send_via_ses(deps.sesv2, request)
+    except TransientSendError as exc:
+        if exc.throttled:
+            metrics.ses_throttles.inc()
+            await _adapt_rate(deps, permit, throttled=True)
+        metrics.sends.labels(STREAM, "retried").inc()
+        error = exc.reason
+
+        async def release(session: AsyncSession) -> bool:
+            return await deliveries.release(session, message_id, owner, error)
+
+        await _in_transaction(deps, release)
+        raise RetryLater(f"SES: {exc.reason}") from exc
+    except PermanentSendError as exc:
+        await fail(exc.code, exc.reason)
+        return
+
+    async def sent(session: AsyncSession) -> bool:
+        return await deliveries.record_sent(session, message_id, owner, result.message_id)
+
+    if not await _in_transaction(deps, sent):
+        logger.warning("sent, but the lease was taken over; result not recorded", extra={**log})
+    metrics.sends.labels(STREAM, "sent").inc()
+    await _adapt_rate(deps, permit, throttled=False)

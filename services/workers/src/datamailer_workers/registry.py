@@ -1,0 +1,19 @@
+"""Contract name → handler. A queue without an entry here is not consumed by
+`datamailer worker all`; its records would otherwise only travel to the DLQ."""
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from datamailer_core.contracts import QUEUE_NAMES, QueueName
+from datamailer_workers.deps import WorkerDeps
+from datamailer_workers.handlers.transactional import handle_transactional_email
+
+Handler = Callable[[Any, WorkerDeps], Awaitable[None]]
+
+HANDLERS: Mapping[str, Handler] = {
+    "transactional-email": handle_transactional_email,
+}
+
+
+def handled_queues() -> list[QueueName]:
+    return [queue for queue in QUEUE_NAMES if queue in HANDLERS]

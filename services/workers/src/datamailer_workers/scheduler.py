@@ -1,0 +1,122 @@
+"""`datamailer scheduler`: periodic jobs that repair what queues alone cannot.
+
+Each job is a small async function of the worker dependencies returning how many rows it
+acted on; it runs every `interval` seconds. Jobs take their rows with
+`FOR UPDATE SKIP LOCKED`, so two schedulers never act on one row twice. Campaign
+scheduling and outbound webhook dispatch add themselves to `default_jobs` later.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from datamailer_core.repositories import deliveries
+from datamailer_core.repositories.deliveries import Requeue
+from datamailer_core.settings import Settings
+from datamailer_workers.deps import WorkerDeps, open_deps
+from datamailer_workers.poller import install_stop_signals
+
+logger = logging.getLogger("datamailer.scheduler")
+
+SWEEP_BATCH: Final = 500
+# Batches per job run, so one run stays short even with a large backlog.
+MAX_BATCHES_PER_RUN: Final = 20
+
+
+@dataclass(frozen=True)
+class PeriodicJob:
+    name: str
+    interval: float
+    run: Callable[[WorkerDeps], Awaitable[int]]
+
+
+async def _publish_transactional(deps: WorkerDeps, rows: Sequence[Requeue]) -> None:
+    # After the commit: a failed publish leaves the rows `queued`, and the next sweep
+    # past the threshold tries again. The handler is idempotent, so a duplicate is safe.
+    await deps.publisher.publish_batch([row.as_contract() for row in rows])
+
+
+async def requeue_lost_transactional(deps: WorkerDeps) -> int:
+    """Publish again the `queued` rows older than TRANSACTIONAL_REQUEUE_AFTER_SECONDS."""
+    total = 0
+    for _ in range(MAX_BATCHES_PER_RUN):
+        async with deps.sessionmaker() as session, session.begin():
+            rows = await deliveries.claim_stale_queued(
+                session, older_than=deps.settings.delivery.requeue_after_seconds, limit=SWEEP_BATCH
+            )
+        await _publish_transactional(deps, rows)
+        total += len(rows)
+        if len(rows) < SWEEP_BATCH:
+            break
+    return total
+
+
+async def expire_transactional_leases(deps: WorkerDeps) -> int:
+    """`sending` rows whose lease expired, per TRANSACTIONAL_EXPIRED_LEASE_POLICY:
+    `resend` re-queues and publishes them, `fail` marks them `send_outcome_unknown`."""
+    policy = deps.settings.delivery.transactional_expired_lease_policy
+    total = 0
+    for _ in range(MAX_BATCHES_PER_RUN):
+        async with deps.sessionmaker() as session, session.begin():
+            to_publish, failed = await deliveries.expire_stale_leases(
+                session, policy=policy, limit=SWEEP_BATCH
+            )
+        await _publish_transactional(deps, to_publish)
+        if failed:
+            deps.metrics.sends.labels("transactional", "failed").inc(len(failed))
+        total += len(to_publish) + len(failed)
+        if len(to_publish) + len(failed) < SWEEP_BATCH:
+            break
+    return total
+
+
+def default_jobs(settings: Settings) -> list[PeriodicJob]:
+    interval = settings.delivery.scheduler_interval_seconds
+    return [
+        PeriodicJob("transactional.requeue_lost", interval, requeue_lost_transactional),
+        PeriodicJob("transactional.expire_leases", interval, expire_transactional_leases),
+    ]
+
+
+async def run_once(deps: WorkerDeps, jobs: Sequence[PeriodicJob]) -> dict[str, int]:
+    """Every job once, in order; a failing job is logged and does not stop the others."""
+    results: dict[str, int] = {}
+    for job in jobs:
+        try:
+            results[job.name] = await job.run(deps)
+        except Exception:
+            logger.exception("job %s failed", job.name)
+            results[job.name] = -1
+    return results
+
+
+async def run_scheduler(deps: WorkerDeps, jobs: Sequence[PeriodicJob], stop: asyncio.Event) -> None:
+    """Each job on its own cadence until `stop` is set; a run in progress finishes."""
+
+    async def forever(job: PeriodicJob) -> None:
+        while not stop.is_set():
+            try:
+                count = await job.run(deps)
+                if count:
+                    logger.info("job %s acted on %d rows", job.name, count)
+            except Exception:
+                logger.exception("job %s failed", job.name)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), job.interval)
+
+    await asyncio.gather(*(forever(job) for job in jobs))
+
+
+async def run(settings: Settings, *, once: bool = False) -> dict[str, int] | None:
+    """`datamailer scheduler`: until SIGTERM/SIGINT, or one pass with `once`."""
+    async with open_deps(settings) as deps:
+        jobs = default_jobs(settings)
+        if once:
+            return await run_once(deps, jobs)
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        await run_scheduler(deps, jobs, stop)
+    return None
