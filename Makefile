@@ -33,7 +33,7 @@ test-slow: install
 	$(RUN) pytest -m slow
 
 bench: install
-	$(RUN) pytest -m slow bench
+	$(RUN) pytest -m slow -s bench
 
 clean:
 	rm -rf .tools .venv .mypy_cache .pytest_cache .ruff_cache
