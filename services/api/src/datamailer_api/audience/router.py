@@ -2,7 +2,7 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 
 from datamailer_api.audience import service
 from datamailer_api.audience.schemas import (
@@ -151,33 +151,31 @@ async def replace_tags(contact_id: int, body: TagsIn, auth: CurrentClient, sessi
     return await service.contact_out(session, scope, contact_id=contact_id)
 
 
-@router.post("/contacts/{contact_id}/tags/{slug}", response_model=ContactOut, responses=NOT_FOUND)
-async def add_tag(
+async def query_scope(
     contact_id: int,
-    slug: Slug,
     auth: CurrentClient,
     session: SessionDep,
     audience: OptionalScope = None,
     client: OptionalScope = None,
-) -> ContactOut:
+) -> service.ContactScope:
+    """The scope of an id route whose audience and client come in the query string."""
+    return await service.scope_for_contact(session, auth, contact_id, audience, client)
+
+
+QueryScope = Annotated[service.ContactScope, Depends(query_scope)]
+
+
+@router.post("/contacts/{contact_id}/tags/{slug}", response_model=ContactOut, responses=NOT_FOUND)
+async def add_tag(contact_id: int, slug: Slug, scope: QueryScope, session: SessionDep) -> ContactOut:
     """Add one tag (idempotent)."""
-    scope = await service.scope_for_contact(session, auth, contact_id, audience, client)
     await queries.add_tags(session, contact_id, scope.audience.id, [slug])
     await session.commit()
     return await service.contact_out(session, scope, contact_id=contact_id)
 
 
 @router.delete("/contacts/{contact_id}/tags/{slug}", response_model=ContactOut, responses=NOT_FOUND)
-async def remove_tag(
-    contact_id: int,
-    slug: Slug,
-    auth: CurrentClient,
-    session: SessionDep,
-    audience: OptionalScope = None,
-    client: OptionalScope = None,
-) -> ContactOut:
+async def remove_tag(contact_id: int, slug: Slug, scope: QueryScope, session: SessionDep) -> ContactOut:
     """Remove one tag (idempotent)."""
-    scope = await service.scope_for_contact(session, auth, contact_id, audience, client)
     await queries.remove_tag(session, contact_id, scope.audience.id, slug)
     await session.commit()
     return await service.contact_out(session, scope, contact_id=contact_id)
@@ -302,15 +300,13 @@ async def erase(body: EraseIn, auth: CurrentClient, session: SessionDep) -> Eras
 @router.get("/contacts/{contact_id}/history", response_model=HistoryOut, responses=NOT_FOUND)
 async def history(
     contact_id: int,
+    scope: QueryScope,
     auth: CurrentClient,
     session: SessionDep,
-    audience: OptionalScope = None,
-    client: OptionalScope = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> HistoryOut:
     """Campaign recipients, transactional messages and events, newest first."""
-    await service.scope_for_contact(session, auth, contact_id, audience, client)
     items, next_cursor = await queries.contact_history(
         session, contact_id=contact_id, client_id=auth.client.id, limit=limit, cursor=cursor
     )

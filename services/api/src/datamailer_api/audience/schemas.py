@@ -43,21 +43,6 @@ class SuppressionFlags(Strict):
     complained: bool | None = None
 
 
-class ContactUpsertIn(Scoped):
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [{**EXAMPLE, "status": "subscribed", "tags": ["python"], "verified": True}]
-        },
-    )
-    email: Email
-    status: SubscriptionStatus | None = None
-    tags: list[Slug] = Field(default_factory=list, max_length=100)
-    verified: bool | None = None
-    email_validation: EmailValidationIn | None = None
-    suppression: SuppressionFlags | None = None
-
-
 class ImportItem(Strict):
     email: Email
     status: SubscriptionStatus | None = None
@@ -65,6 +50,15 @@ class ImportItem(Strict):
     verified: bool | None = None
     email_validation: EmailValidationIn | None = None
     suppression: SuppressionFlags | None = None
+
+
+class ContactUpsertIn(Scoped, ImportItem):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{**EXAMPLE, "status": "subscribed", "tags": ["python"], "verified": True}]
+        },
+    )
 
 
 class ImportIn(Scoped):

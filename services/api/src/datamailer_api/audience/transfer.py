@@ -12,7 +12,7 @@ from datetime import datetime
 from types import SimpleNamespace
 from typing import IO, Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.datastructures import FormData
 from starlette.datastructures import UploadFile as StarletteUpload
@@ -211,32 +211,10 @@ async def _import_form(form: FormData, auth: CurrentClient, session: SessionDep)
     )
 
 
-def _filters(
-    scope: service.ContactScope,
-    tags: str | None,
-    subscription_status: str | None,
-    verified: bool | None,
-    suppression: str | None,
-    updated_since: datetime | None,
-) -> queries.ContactFilters:
-    if suppression is not None and suppression not in queries.SUPPRESSION_FILTERS:
-        raise ValidationFailed("unknown suppression filter", fields={"suppression": "invalid"})
-    return queries.ContactFilters(
-        audience_id=scope.audience.id,
-        client_id=scope.client_id,
-        tags=tuple(t.strip() for t in (tags or "").split(",") if t.strip()),
-        subscription_status=subscription_status,
-        verified=verified,
-        suppression=suppression,
-        updated_since=updated_since,
-    )
-
-
 FilterQuery = Annotated[str | None, Query(max_length=2000)]
 
 
-@router.get("/contacts", response_model=ContactListOut)
-async def list_contacts(
+async def contact_filters(
     audience: ScopeQuery,
     client: ScopeQuery,
     auth: CurrentClient,
@@ -246,14 +224,36 @@ async def list_contacts(
     verified: bool | None = None,
     suppression: FilterQuery = None,
     updated_since: datetime | None = None,
+) -> tuple[service.ContactScope, queries.ContactFilters]:
+    """The filters the listing and the export share, within the caller's scope."""
+    scope = await service.resolve_scope(session, auth, audience, client)
+    if suppression is not None and suppression not in queries.SUPPRESSION_FILTERS:
+        raise ValidationFailed("unknown suppression filter", fields={"suppression": "invalid"})
+    filters = queries.ContactFilters(
+        audience_id=scope.audience.id,
+        client_id=scope.client_id,
+        tags=tuple(t.strip() for t in (tags or "").split(",") if t.strip()),
+        subscription_status=subscription_status,
+        verified=verified,
+        suppression=suppression,
+        updated_since=updated_since,
+    )
+    return scope, filters
+
+
+Filtered = Annotated[tuple[service.ContactScope, queries.ContactFilters], Depends(contact_filters)]
+
+
+@router.get("/contacts", response_model=ContactListOut)
+async def list_contacts(
+    filtered: Filtered,
+    session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> ContactListOut:
     """The client's contacts in an audience, oldest first, with cursor pagination."""
-    scope = await service.resolve_scope(session, auth, audience, client)
-    stmt = queries.contacts_query(
-        _filters(scope, tags, subscription_status, verified, suppression, updated_since)
-    )
+    scope, filters = filtered
+    stmt = queries.contacts_query(filters)
     if cursor:
         (after,) = queries.decode_cursor(cursor, 1)
         if not isinstance(after, int):
@@ -290,20 +290,9 @@ def _iso(value: datetime | None) -> str:
 
 
 @router.get("/contacts.csv", response_class=StreamingResponse, responses={200: {"content": {"text/csv": {}}}})
-async def export_csv(
-    audience: ScopeQuery,
-    client: ScopeQuery,
-    auth: CurrentClient,
-    session: SessionDep,
-    tags: FilterQuery = None,
-    subscription_status: SubscriptionStatus | None = None,
-    verified: bool | None = None,
-    suppression: FilterQuery = None,
-    updated_since: datetime | None = None,
-) -> StreamingResponse:
+async def export_csv(filtered: Filtered, session: SessionDep) -> StreamingResponse:
     """Every matching contact as CSV, streamed (no row cap)."""
-    scope = await service.resolve_scope(session, auth, audience, client)
-    filters = _filters(scope, tags, subscription_status, verified, suppression, updated_since)
+    scope, filters = filtered
 
     async def lines() -> AsyncIterator[str]:
         yield _csv_line(list(EXPORT_COLUMNS))
