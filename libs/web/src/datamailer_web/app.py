@@ -9,6 +9,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -21,7 +22,7 @@ from datamailer_core.logging import configure_logging, correlation_id
 from datamailer_core.metrics import CONTENT_TYPE, Metrics
 from datamailer_core.queues import QueuePublisher
 from datamailer_core.settings import Settings
-from datamailer_web.errors import error_body, install_error_handlers
+from datamailer_web.errors import error_body, error_responses, install_error_handlers
 
 HEALTH_TIMEOUT_SECONDS = 2.0
 
@@ -58,11 +59,36 @@ def build_app(
     app.state.metrics = Metrics()
     app.state.service = service
     install_error_handlers(app)
+    install_openapi(app)
     app.add_middleware(BodyLimit, limits=dict(body_limits or {}), default=default_body_limit)
     app.add_middleware(RequestContext, service=service, metrics=app.state.metrics)
     app.add_api_route("/health", health, methods=["GET"], tags=["ops"], include_in_schema=True)
     app.add_api_route("/metrics", metrics, methods=["GET"], tags=["ops"], include_in_schema=False)
     return app
+
+
+def install_openapi(app: FastAPI) -> None:
+    """FastAPI documents request validation as 422; this API answers 400 in the error
+    envelope, so the schema says so (a client generator then knows the real shape)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            for path_item in schema.get("paths", {}).values():
+                for operation in path_item.values():
+                    responses = operation.get("responses", {})
+                    if (
+                        responses.pop("422", None) is not None
+                        or operation.get("parameters")
+                        or "requestBody" in operation
+                    ):
+                        responses.setdefault("400", error_responses(400)[400])
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 async def health(request: Request) -> JSONResponse:
