@@ -49,3 +49,13 @@ async def table_counts(session: AsyncSession) -> dict[str, int]:
         "suppressions",
     )
     return {t: int(await session.scalar(text(f"select count(*) from {t}")) or 0) for t in tables}
+
+
+async def post_csv(api: AsyncClient, tenant: Tenant, content: bytes, **form: str) -> Response:
+    """A multipart CSV import into the tenant's own scope."""
+    return await api.post(
+        "/api/contacts/imports/csv",
+        data=scoped(tenant, **form),
+        files={"file": ("contacts.csv", content, "text/csv")},
+        headers=tenant.headers,
+    )

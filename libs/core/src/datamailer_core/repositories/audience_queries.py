@@ -7,7 +7,7 @@ import base64
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Select, and_, delete, exists, func, literal, select, text, update
@@ -38,6 +38,11 @@ class ContactView:
     tags: list[str]
 
 
+# Identity columns are bigint: a larger id from a client is invalid input, not a DB error.
+MAX_ID = 2**63 - 1
+HISTORY_KINDS = ("campaign_recipient", "event", "transactional_message")
+
+
 def encode_cursor(*values: Any) -> str:
     return base64.urlsafe_b64encode(json.dumps(values, default=str).encode()).decode().rstrip("=")
 
@@ -50,6 +55,28 @@ def decode_cursor(cursor: str, arity: int) -> list[Any]:
     if not isinstance(values, list) or len(values) != arity:
         raise ValidationFailed("invalid cursor", fields={"cursor": "invalid"})
     return values
+
+
+def cursor_id(value: Any) -> int:
+    """An id taken from a decoded cursor, checked like any other client input."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_ID:
+        raise ValidationFailed("invalid cursor", fields={"cursor": "invalid"})
+    return value
+
+
+def _history_after(cursor: str | None) -> tuple[datetime | None, str | None, int | None]:
+    if not cursor:
+        return None, None, None
+    at, kind, last_id = decode_cursor(cursor, 3)
+    try:
+        after_at = datetime.fromisoformat(at)
+        valid = after_at.tzinfo is not None and kind in HISTORY_KINDS
+        after_at = after_at.astimezone(UTC)  # OverflowError outside the database's range
+    except (TypeError, ValueError, OverflowError):
+        valid = False
+    if not valid:
+        raise ValidationFailed("invalid cursor", fields={"cursor": "invalid"})
+    return after_at, kind, cursor_id(last_id)
 
 
 def _client_sub(audience_id: int, client_id: int) -> Any:
@@ -350,7 +377,7 @@ HISTORY_SQL = text(
 async def contact_history(
     session: AsyncSession, *, contact_id: int, client_id: int, limit: int, cursor: str | None
 ) -> tuple[list[dict[str, Any]], str | None]:
-    after: list[Any] = decode_cursor(cursor, 3) if cursor else [None, None, None]
+    after_at, after_kind, after_id = _history_after(cursor)
     rows = (
         (
             await session.execute(
@@ -358,9 +385,9 @@ async def contact_history(
                 {
                     "contact_id": contact_id,
                     "client_id": client_id,
-                    "after_at": datetime.fromisoformat(after[0]) if after[0] else None,
-                    "after_kind": after[1],
-                    "after_id": after[2],
+                    "after_at": after_at,
+                    "after_kind": after_kind,
+                    "after_id": after_id,
                     "limit": limit + 1,
                 },
             )

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Depends, Query
 from datamailer_api.audience import service
 from datamailer_api.audience.schemas import (
     CategoryOut,
+    ContactId,
     ContactOut,
     ContactStatus,
     ContactUpsertIn,
@@ -15,8 +16,10 @@ from datamailer_api.audience.schemas import (
     HistoryItem,
     HistoryOut,
     ImportItem,
+    OptionalScopeQuery,
     PreferencesIn,
     PreferencesOut,
+    ScopeQuery,
     Slug,
     SubscribeIn,
     SuppressionPatchIn,
@@ -37,8 +40,6 @@ from datamailer_web.errors import error_responses
 
 router = APIRouter(prefix="/api", tags=["contacts"], responses=error_responses(400, 401, 403, 413, 415))
 NOT_FOUND = error_responses(404)
-ScopeQuery = Annotated[str, Query(min_length=1, max_length=120)]
-OptionalScope = Annotated[str | None, Query(min_length=1, max_length=120)]
 
 
 async def _apply_one(session: SessionDep, scope: service.ContactScope, item: ContactInput) -> None:
@@ -67,14 +68,14 @@ async def contact_status(
 ) -> ContactStatus:
     """What this client may send to an address; `exists: false` outside its scope."""
     scope = await service.resolve_scope(session, auth, audience, client)
-    out = await service.contact_out(session, scope, email=email.strip())
+    out = await service.contact_out(session, scope, email=service.require_email(email))
     return ContactStatus(**out.model_dump(exclude={"tags"}))
 
 
 async def _patch(
     session: SessionDep,
     auth: CurrentClient,
-    contact_id: int,
+    contact_id: ContactId,
     audience: str | None,
     client: str | None,
     **changes: object,
@@ -92,7 +93,7 @@ async def _patch(
 
 @router.patch("/contacts/{contact_id}/verification", response_model=ContactOut, responses=NOT_FOUND)
 async def patch_verification(
-    contact_id: int, body: VerificationIn, auth: CurrentClient, session: SessionDep
+    contact_id: ContactId, body: VerificationIn, auth: CurrentClient, session: SessionDep
 ) -> ContactOut:
     """Mark the address verified (or not) for every client."""
     return await _patch(
@@ -108,7 +109,7 @@ async def patch_verification(
 
 @router.patch("/contacts/{contact_id}/validation", response_model=ContactOut, responses=NOT_FOUND)
 async def patch_validation(
-    contact_id: int, body: ValidationPatchIn, auth: CurrentClient, session: SessionDep
+    contact_id: ContactId, body: ValidationPatchIn, auth: CurrentClient, session: SessionDep
 ) -> ContactOut:
     """Record the result of an email validation."""
     return await _patch(
@@ -125,7 +126,7 @@ async def patch_validation(
 
 @router.patch("/contacts/{contact_id}/suppression", response_model=ContactOut, responses=NOT_FOUND)
 async def patch_suppression(
-    contact_id: int, body: SuppressionPatchIn, auth: CurrentClient, session: SessionDep
+    contact_id: ContactId, body: SuppressionPatchIn, auth: CurrentClient, session: SessionDep
 ) -> ContactOut:
     """Set or clear suppression; setting appends its event once, repeating changes nothing."""
     return await _patch(
@@ -143,7 +144,9 @@ async def patch_suppression(
 
 
 @router.put("/contacts/{contact_id}/tags", response_model=ContactOut, responses=NOT_FOUND)
-async def replace_tags(contact_id: int, body: TagsIn, auth: CurrentClient, session: SessionDep) -> ContactOut:
+async def replace_tags(
+    contact_id: ContactId, body: TagsIn, auth: CurrentClient, session: SessionDep
+) -> ContactOut:
     """Replace the contact's tags in the audience."""
     scope = await service.scope_for_contact(session, auth, contact_id, body.audience, body.client)
     await queries.replace_tags(session, contact_id, scope.audience.id, sorted(set(body.tags)))
@@ -152,11 +155,11 @@ async def replace_tags(contact_id: int, body: TagsIn, auth: CurrentClient, sessi
 
 
 async def query_scope(
-    contact_id: int,
+    contact_id: ContactId,
     auth: CurrentClient,
     session: SessionDep,
-    audience: OptionalScope = None,
-    client: OptionalScope = None,
+    audience: OptionalScopeQuery = None,
+    client: OptionalScopeQuery = None,
 ) -> service.ContactScope:
     """The scope of an id route whose audience and client come in the query string."""
     return await service.scope_for_contact(session, auth, contact_id, audience, client)
@@ -166,7 +169,7 @@ QueryScope = Annotated[service.ContactScope, Depends(query_scope)]
 
 
 @router.post("/contacts/{contact_id}/tags/{slug}", response_model=ContactOut, responses=NOT_FOUND)
-async def add_tag(contact_id: int, slug: Slug, scope: QueryScope, session: SessionDep) -> ContactOut:
+async def add_tag(contact_id: ContactId, slug: Slug, scope: QueryScope, session: SessionDep) -> ContactOut:
     """Add one tag (idempotent)."""
     await queries.add_tags(session, contact_id, scope.audience.id, [slug])
     await session.commit()
@@ -174,7 +177,7 @@ async def add_tag(contact_id: int, slug: Slug, scope: QueryScope, session: Sessi
 
 
 @router.delete("/contacts/{contact_id}/tags/{slug}", response_model=ContactOut, responses=NOT_FOUND)
-async def remove_tag(contact_id: int, slug: Slug, scope: QueryScope, session: SessionDep) -> ContactOut:
+async def remove_tag(contact_id: ContactId, slug: Slug, scope: QueryScope, session: SessionDep) -> ContactOut:
     """Remove one tag (idempotent)."""
     await queries.remove_tag(session, contact_id, scope.audience.id, slug)
     await session.commit()
@@ -219,6 +222,7 @@ async def get_preferences(
 ) -> PreferencesOut:
     """Category preferences; a category with no stored choice reads enabled."""
     scope = await service.resolve_scope(session, auth, audience, client)
+    email = service.require_email(email)
     view = await queries.view_contact(
         session, audience_id=scope.audience.id, client_id=scope.client_id, email=normalize_email(email)
     )
@@ -237,7 +241,7 @@ async def get_preferences(
         )
         for t in tags
     ]
-    return PreferencesOut(email=email.strip(), exists=view is not None, categories=categories)
+    return PreferencesOut(email=email, exists=view is not None, categories=categories)
 
 
 @router.put(
@@ -299,7 +303,7 @@ async def erase(body: EraseIn, auth: CurrentClient, session: SessionDep) -> Eras
 
 @router.get("/contacts/{contact_id}/history", response_model=HistoryOut, responses=NOT_FOUND)
 async def history(
-    contact_id: int,
+    contact_id: ContactId,
     scope: QueryScope,
     auth: CurrentClient,
     session: SessionDep,

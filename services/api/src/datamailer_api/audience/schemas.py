@@ -1,7 +1,10 @@
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from fastapi import Path, Query
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from datamailer_core.repositories.audience_queries import MAX_ID
 
 SubscriptionStatus = Literal["pending", "subscribed", "unsubscribed"]
 ValidationStatus = Literal[
@@ -14,10 +17,30 @@ ValidationStatus = Literal[
     "manually_invalid",
     "externally_validated",
 ]
-Slug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+SLUG_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+# PostgreSQL text cannot hold NUL: such input is invalid, never a database error.
+NO_NUL = r"^[^\x00]*$"
+Slug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN)]
 Email = Annotated[str, StringConstraints(max_length=320)]
-Reason = Annotated[str, StringConstraints(max_length=500)]
-ScopeSlug = Annotated[str, StringConstraints(min_length=1, max_length=120)]
+Reason = Annotated[str, StringConstraints(max_length=500, pattern=NO_NUL)]
+ScopeSlug = Annotated[str, StringConstraints(min_length=1, max_length=120, pattern=NO_NUL)]
+ScopeQuery = Annotated[str, Query(min_length=1, max_length=120, pattern=NO_NUL)]
+OptionalScopeQuery = Annotated[str | None, Query(min_length=1, max_length=120, pattern=NO_NUL)]
+ContactId = Annotated[int, Path(ge=1, le=MAX_ID)]
+
+
+def _storable(value: datetime) -> datetime:
+    """Naive times are UTC; a time outside the representable range once in UTC (year 1
+    at +14:00) is invalid input rather than a database error."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("out of range") from None
+
+
+Timestamp = Annotated[datetime, AfterValidator(_storable)]
 
 EXAMPLE = {"email": "alice@example.com", "audience": "newsletter", "client": "web"}
 
@@ -34,7 +57,7 @@ class Scoped(Strict):
 class EmailValidationIn(Strict):
     status: ValidationStatus
     reason: Reason | None = None
-    validated_at: datetime | None = None
+    validated_at: Timestamp | None = None
 
 
 class SuppressionFlags(Strict):
@@ -108,7 +131,7 @@ class ContactOut(ContactStatus):
 
 class VerificationIn(Strict):
     verified: bool
-    verified_at: datetime | None = None
+    verified_at: Timestamp | None = None
     audience: ScopeSlug | None = None
     client: ScopeSlug | None = None
 
@@ -116,7 +139,7 @@ class VerificationIn(Strict):
 class ValidationPatchIn(Strict):
     status: ValidationStatus
     reason: Reason | None = None
-    validated_at: datetime | None = None
+    validated_at: Timestamp | None = None
     audience: ScopeSlug | None = None
     client: ScopeSlug | None = None
 
@@ -149,7 +172,7 @@ class UnsubscribeIn(Scoped):
 class CategoryIn(Strict):
     tag: Slug
     enabled: bool
-    label: Annotated[str, StringConstraints(max_length=200)] | None = None
+    label: Annotated[str, StringConstraints(max_length=200, pattern=NO_NUL)] | None = None
 
 
 class PreferencesIn(Scoped):

@@ -1,12 +1,12 @@
 """Bulk audience transfer: JSON and CSV imports, the contact listing and the CSV export.
 
 The CSV import streams: the upload is spooled to disk by the multipart parser, checked
-once for encoding and header, then read row by row and written in set-based batches,
-each in its own short transaction. The export streams from a server-side cursor."""
+once in full (UTF-8, parseable CSV) and for its header, then read row by row and written in
+set-based batches, each in its own short transaction. The export streams from a server-side cursor."""
 
-import codecs
 import csv
 import io
+import re
 from collections.abc import AsyncIterator
 from datetime import datetime
 from types import SimpleNamespace
@@ -19,11 +19,14 @@ from starlette.datastructures import UploadFile as StarletteUpload
 
 from datamailer_api.audience import service
 from datamailer_api.audience.schemas import (
+    SLUG_PATTERN,
     ContactListOut,
     ContactOut,
     ImportIn,
     ImportOut,
+    ScopeQuery,
     SubscriptionStatus,
+    Timestamp,
 )
 from datamailer_api.deps import CurrentClient
 from datamailer_core.errors import UnsupportedMediaType, ValidationFailed
@@ -59,7 +62,7 @@ EXPORT_COLUMNS = (
     "updated_at",
 )
 _TRUE, _FALSE = {"true", "1", "yes", "y", "t"}, {"false", "0", "no", "n", "f"}
-ScopeQuery = Annotated[str, Query(min_length=1, max_length=120)]
+_SLUG = re.compile(SLUG_PATTERN)
 
 
 @router.post("/contacts/imports", response_model=ImportOut)
@@ -124,20 +127,26 @@ def _row_item(row: dict[str, str | None]) -> tuple[dict[str, Any], dict[str, str
     return item, fields
 
 
-def _text_stream(upload: IO[bytes]) -> IO[str]:
+def _text_stream(upload: IO[bytes]) -> io.TextIOWrapper:
     upload.seek(0)
     return io.TextIOWrapper(upload, encoding="utf-8-sig", newline="", errors="strict")
 
 
-def _check_utf8(upload: IO[bytes]) -> None:
-    upload.seek(0)
-    decoder = codecs.getincrementaldecoder("utf-8")()
+def _check_csv(upload: IO[bytes]) -> None:
+    """Read the whole spooled file once before any write: it must be UTF-8 that the csv
+    module parses (no field over its size limit, no broken quoting), so a bad file is
+    rejected whole rather than half imported. Rows are parsed and dropped: memory stays flat."""
+    stream = _text_stream(upload)
+    reader = csv.reader(stream)
     try:
-        while chunk := upload.read(1 << 20):
-            decoder.decode(chunk)
-        decoder.decode(b"", final=True)
+        for _ in reader:
+            pass
     except UnicodeDecodeError:
         raise ValidationFailed("the file is not UTF-8", fields={"csv": "must_be_utf8"}) from None
+    except csv.Error as exc:
+        raise ValidationFailed(f"line {reader.line_num}: {exc}", fields={"csv": "invalid"}) from None
+    finally:
+        stream.detach()  # a collected wrapper would close the upload under the second pass
 
 
 @router.post(
@@ -183,7 +192,7 @@ async def _import_form(form: FormData, auth: CurrentClient, session: SessionDep)
     upload = form.get("file")
     if not isinstance(upload, StarletteUpload):
         raise ValidationFailed("upload a CSV file in the field `file`", fields={"csv": "required"})
-    _check_utf8(upload.file)
+    _check_csv(upload.file)
     reader = csv.DictReader(_text_stream(upload.file))
     if not reader.fieldnames or "email" not in [f.strip().lower() for f in reader.fieldnames]:
         raise ValidationFailed(
@@ -223,16 +232,19 @@ async def contact_filters(
     subscription_status: SubscriptionStatus | None = None,
     verified: bool | None = None,
     suppression: FilterQuery = None,
-    updated_since: datetime | None = None,
+    updated_since: Timestamp | None = None,
 ) -> tuple[service.ContactScope, queries.ContactFilters]:
     """The filters the listing and the export share, within the caller's scope."""
     scope = await service.resolve_scope(session, auth, audience, client)
     if suppression is not None and suppression not in queries.SUPPRESSION_FILTERS:
         raise ValidationFailed("unknown suppression filter", fields={"suppression": "invalid"})
+    tag_filter = tuple(t.strip() for t in (tags or "").split(",") if t.strip())
+    if not all(_SLUG.match(t) for t in tag_filter):
+        raise ValidationFailed("tags are comma-separated slugs", fields={"tags": "invalid"})
     filters = queries.ContactFilters(
         audience_id=scope.audience.id,
         client_id=scope.client_id,
-        tags=tuple(t.strip() for t in (tags or "").split(",") if t.strip()),
+        tags=tag_filter,
         subscription_status=subscription_status,
         verified=verified,
         suppression=suppression,
@@ -256,9 +268,7 @@ async def list_contacts(
     stmt = queries.contacts_query(filters)
     if cursor:
         (after,) = queries.decode_cursor(cursor, 1)
-        if not isinstance(after, int):
-            raise ValidationFailed("invalid cursor", fields={"cursor": "invalid"})
-        stmt = stmt.where(Contact.id > after)
+        stmt = stmt.where(Contact.id > queries.cursor_id(after))
     rows = (await session.execute(stmt.limit(limit + 1))).all()
     contacts = [_contact_row(scope, row) for row in rows[:limit]]
     next_cursor = queries.encode_cursor(rows[limit - 1][0].id) if len(rows) > limit else None
