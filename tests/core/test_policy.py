@@ -52,9 +52,7 @@ def test_a_global_unsubscribe_is_marketing_suppression_but_not_transactional() -
     assert policy.marketing_suppressed(NOW, None, None) is True
     assert policy.can_send_transactional(None, None) is True
     assert (
-        policy.transactional_block_reason(
-            hard_bounced_at=None, complained_at=None, global_unsubscribed_at=NOW
-        )
+        policy.transactional_block_reason(hard_bounced=False, complained=False, global_unsubscribed=True)
         is None
     )
 
@@ -62,27 +60,28 @@ def test_a_global_unsubscribe_is_marketing_suppression_but_not_transactional() -
 @pytest.mark.parametrize(
     ("state", "reason"),
     [
-        ({"hard_bounced_at": NOW}, "hard_bounced"),
-        ({"complained_at": NOW}, "complained"),
-        ({"hard_bounced_at": NOW, "complained_at": NOW}, "hard_bounced"),
+        ({"hard_bounced": True}, "hard_bounce"),
+        ({"complained": True}, "complaint"),
+        ({"hard_bounced": True, "complained": True}, "hard_bounce"),
     ],
 )
 def test_bounces_and_complaints_block_transactional_mail(state: dict[str, Any], reason: str) -> None:
-    full = {"hard_bounced_at": None, "complained_at": None, **state}
+    full = {"hard_bounced": False, "complained": False, **state}
     assert policy.transactional_block_reason(**full) == reason
-    assert policy.can_send_transactional(full["hard_bounced_at"], full["complained_at"]) is False
+    at = {k: NOW if v else None for k, v in full.items()}
+    assert policy.can_send_transactional(at["hard_bounced"], at["complained"]) is False
 
 
 def test_with_a_category_a_global_unsubscribe_or_disabled_category_blocks_transactional() -> None:
-    clean: dict[str, Any] = {"hard_bounced_at": None, "complained_at": None}
+    clean: dict[str, Any] = {"hard_bounced": False, "complained": False}
     assert policy.transactional_block_reason(**clean, category_tag="news") is None
     assert (
-        policy.transactional_block_reason(**clean, global_unsubscribed_at=NOW, category_tag="news")
-        == "global_unsubscribed"
+        policy.transactional_block_reason(**clean, global_unsubscribed=True, category_tag="news")
+        == "global_unsubscribe"
     )
     assert (
         policy.transactional_block_reason(**clean, category_tag="news", category_enabled=False)
-        == "category_unsubscribed"
+        == "category_unsubscribe"
     )
     # Without a category, a disabled category is irrelevant.
     assert policy.transactional_block_reason(**clean, category_enabled=False) is None

@@ -39,22 +39,22 @@ def can_send_marketing(
 
 def transactional_block_reason(
     *,
-    hard_bounced_at: datetime | None,
-    complained_at: datetime | None,
-    global_unsubscribed_at: datetime | None = None,
+    hard_bounced: bool,
+    complained: bool,
+    global_unsubscribed: bool = False,
     category_tag: str | None = None,
     category_enabled: bool = True,
 ) -> str | None:
-    """Why a transactional message may not be delivered, or None. Hard bounces and
-    complaints always block; with a category, so do a global unsubscribe and a disabled
-    category. A marketing subscription is not required."""
-    if hard_bounced_at is not None:
-        return "hard_bounced"
-    if complained_at is not None:
-        return "complained"
+    """Why a transactional message may not be delivered, or None, in the vocabulary of
+    skip reasons. Hard bounces and complaints always block; with a category, so do a
+    global unsubscribe and a disabled category. A marketing subscription is not required."""
+    if hard_bounced:
+        return "hard_bounce"
+    if complained:
+        return "complaint"
     if category_tag is not None:
-        if global_unsubscribed_at is not None:
-            return "global_unsubscribed"
+        if global_unsubscribed:
+            return "global_unsubscribe"
         if not category_enabled:
-            return "category_unsubscribed"
+            return "category_unsubscribe"
     return None

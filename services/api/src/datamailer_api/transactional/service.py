@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from datamailer_api.deps import AuthContext
 from datamailer_api.transactional.schemas import SendIn, TemplateIn
+from datamailer_core import policy
 from datamailer_core.contracts import TransactionalEmailV1
 from datamailer_core.errors import NotFound, ValidationFailed
 from datamailer_core.mail import HEADER_NAME_RE, MAX_HEADER_VALUE, RESERVED_HEADERS
@@ -210,27 +211,6 @@ def resolve_sender(client: Client, requested: str | None, template_default: str 
     raise ValidationFailed("the client has no sender configured", fields={"from_email": "not_configured"})
 
 
-def block_reason(
-    *,
-    hard_bounced: bool,
-    complained: bool,
-    global_unsubscribed: bool,
-    category_tag: str | None,
-    category_off: bool,
-) -> str | None:
-    """Transactional mail is blocked by a hard bounce or complaint; with a category, also
-    by a global unsubscribe or the category being disabled. No subscription is needed."""
-    if hard_bounced:
-        return "hard_bounce"
-    if complained:
-        return "complaint"
-    if category_tag is not None and global_unsubscribed:
-        return "global_unsubscribe"
-    if category_tag is not None and category_off:
-        return "category_unsubscribe"
-    return None
-
-
 async def _decide(
     session: AsyncSession, contact: Contact, body: SendIn, audience: Audience | None, client: Client
 ) -> str | None:
@@ -241,12 +221,12 @@ async def _decide(
             session, contact.id, audience.id, client.id, body.category_tag
         )
     )
-    return block_reason(
+    return policy.transactional_block_reason(
         hard_bounced=contact.hard_bounced_at is not None,
         complained=contact.complained_at is not None,
         global_unsubscribed=contact.global_unsubscribed_at is not None,
         category_tag=body.category_tag,
-        category_off=category_off,
+        category_enabled=not category_off,
     )
 
 
@@ -258,12 +238,12 @@ async def _decide_without_writing(
         return await _decide(session, contact, body, audience, client)
     # No contact yet: the one a send would create inherits an erased address's suppression.
     reasons = set(await transactional.suppression_reasons(session, email))
-    return block_reason(
+    return policy.transactional_block_reason(
         hard_bounced="hard_bounce" in reasons,
         complained="complaint" in reasons,
         global_unsubscribed=bool(reasons & {"global_unsubscribe", "manual"}),
         category_tag=body.category_tag,
-        category_off=False,
+        category_enabled=True,
     )
 
 
