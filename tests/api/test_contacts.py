@@ -1,5 +1,6 @@
 import pytest
 from httpx import AsyncClient
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.api.contacts_factories import event_count, scoped, status, upsert
@@ -202,3 +203,27 @@ async def test_history_is_newest_first_with_a_cursor(api: AsyncClient, tenant: T
     assert rest["next_cursor"] is None
     bad = await api.get(f"/api/contacts/{cid}/history", params={"cursor": "!!"}, headers=tenant.headers)
     assert bad.status_code == 400
+
+
+async def test_erase_scrubs_the_contacts_transactional_messages(
+    api: AsyncClient, tenant: Tenant, session: AsyncSession
+) -> None:
+    template = {"name": "Reset", "subject": "Reset for {{ name }}", "html_body": "<p>{{ name }}</p>"}
+    await api.put("/api/transactional/templates/reset", json=template, headers=tenant.headers)
+    sent = await api.post(
+        "/api/transactional/send",
+        json={"email": "m@example.com", "template_key": "reset", "context": {"name": "Mallory"},
+              "metadata": {"account": "m-1"}},
+        headers=tenant.headers,
+    )  # fmt: skip
+    assert sent.status_code == 202, sent.text
+    await upsert(api, tenant, "m@example.com")
+    await api.post("/api/contacts/erase", json=scoped(tenant, email="m@example.com"), headers=tenant.headers)
+    row = (
+        await session.execute(
+            text("select email, subject, html_body, metadata::text from transactional_messages")
+        )
+    ).one()
+    assert "m@example.com" not in str(row)
+    assert "Mallory" not in str(row)
+    assert "m-1" not in str(row)

@@ -257,7 +257,19 @@ async def erase_contact(session: AsyncSession, contact: Contact) -> None:
         update(CampaignRecipient).where(CampaignRecipient.contact_id == contact.id).values(email=erased)
     )
     await session.execute(
-        update(TransactionalMessage).where(TransactionalMessage.contact_id == contact.id).values(email=erased)
+        update(TransactionalMessage)
+        .where(TransactionalMessage.contact_id == contact.id)
+        .values(
+            email=erased,
+            subject="[erased]",
+            html_body=None,
+            text_body=None,
+            reply_to=None,
+            cc=[],
+            bcc=[],
+            headers={},
+            metadata_={},
+        )
     )
     await session.execute(delete(Contact).where(Contact.id == contact.id))
 
