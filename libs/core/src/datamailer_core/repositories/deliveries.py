@@ -11,7 +11,7 @@ was taken over cannot overwrite the new owner's result.
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 from sqlalchemy import ColumnElement, and_, case, func, literal, or_, select, update
 from sqlalchemy.dialects.postgresql import JSONB, insert
@@ -91,14 +91,34 @@ class Requeue:
     template_key: str
 
     def as_contract(self) -> TransactionalEmailV1:
-        return TransactionalEmailV1(
-            transactional_message_id=self.id,
-            client_id=self.client_id,
-            idempotency_key=self.idempotency_key,
-            contact_id=self.contact_id,
-            template_id=self.template_id,
-            template_key=self.template_key or None,
-        )
+        return queue_message(self)
+
+
+class Queueable(Protocol):
+    @property
+    def id(self) -> int: ...
+    @property
+    def client_id(self) -> int: ...
+    @property
+    def idempotency_key(self) -> str: ...
+    @property
+    def contact_id(self) -> int | None: ...
+    @property
+    def template_id(self) -> int | None: ...
+    @property
+    def template_key(self) -> str: ...
+
+
+def queue_message(row: Queueable) -> TransactionalEmailV1:
+    """The `transactional-email` message for a row: stable ids and routing hints only."""
+    return TransactionalEmailV1(
+        transactional_message_id=row.id,
+        client_id=row.client_id,
+        idempotency_key=row.idempotency_key,
+        contact_id=row.contact_id,
+        template_id=row.template_id,
+        template_key=row.template_key or None,
+    )
 
 
 def _seconds(value: float) -> ColumnElement[Any]:

@@ -17,12 +17,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from datamailer_api.deps import AuthContext
 from datamailer_api.transactional.schemas import SendIn, TemplateIn
 from datamailer_core import policy
-from datamailer_core.contracts import TransactionalEmailV1
 from datamailer_core.errors import NotFound, ValidationFailed
 from datamailer_core.mail import HEADER_NAME_RE, MAX_HEADER_VALUE, RESERVED_HEADERS
 from datamailer_core.models import Audience, Client, Contact, EmailEvent, EmailTemplate, TransactionalMessage
 from datamailer_core.queues import QueuePublisher
-from datamailer_core.repositories import contacts, templates, transactional
+from datamailer_core.repositories import contacts, deliveries, templates, transactional
 from datamailer_core.senders import SENDER_ID_RE, Sender, normalize_sender_email
 from datamailer_core.templating import (
     Rendered,
@@ -331,14 +330,7 @@ async def send(session: AsyncSession, auth: AuthContext, body: SendIn) -> SendRe
 async def publish(publisher: QueuePublisher, message: TransactionalMessage) -> bool:
     """Send the queue message for a committed row. Any failure leaves the row `queued`
     for the sweeper; the caller answers 202 with `enqueued: false`."""
-    contract = TransactionalEmailV1(
-        transactional_message_id=message.id,
-        client_id=message.client_id,
-        idempotency_key=message.idempotency_key,
-        contact_id=message.contact_id,
-        template_id=message.template_id,
-        template_key=message.template_key,
-    )
+    contract = deliveries.queue_message(message)
     try:
         await publisher.publish(contract)
     except Exception:  # the queue is down or misconfigured: the sweeper repairs it
