@@ -5,6 +5,7 @@ import asyncio
 import functools
 import os
 import sys
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -13,6 +14,7 @@ import typer
 import uvicorn
 from pydantic import ValidationError
 
+from datamailer_cli import campaigns as campaign_ops
 from datamailer_cli import ops
 from datamailer_cli.up import LocalStack
 from datamailer_core.errors import DatamailerError
@@ -27,6 +29,8 @@ keys_app = typer.Typer(help="Client API keys.", no_args_is_help=True)
 app.add_typer(queues_app, name="queues")
 app.add_typer(senders_app, name="senders")
 app.add_typer(keys_app, name="keys")
+campaigns_app = typer.Typer(help="Campaign procedures of the runbook.", no_args_is_help=True)
+app.add_typer(campaigns_app, name="campaigns")
 
 T = TypeVar("T")
 
@@ -248,6 +252,109 @@ def up(
     except DatamailerError as exc:
         raise fail(exc.message) from None
     raise typer.Exit(code)
+
+
+CampaignIdArg = Annotated[
+    int | None, typer.Argument(help="Campaign id (or name it with --client and --key).")
+]
+ClientOpt = Annotated[str | None, typer.Option("--client", help="Client slug.")]
+KeyOpt = Annotated[str | None, typer.Option("--key", help="The campaign's external key.")]
+OrganizationOpt = Annotated[str | None, typer.Option("--organization", help="Organization slug.")]
+
+
+def _campaign(
+    campaign_id: int | None, client: str | None, key: str | None, organization: str | None
+) -> campaign_ops.CampaignRef:
+    try:
+        return campaign_ops.CampaignRef(campaign_id, client, key, organization)
+    except DatamailerError as exc:
+        raise fail(exc.message) from None
+
+
+def _echo_campaign(info: dict[str, Any]) -> None:
+    typer.echo(f"campaign {info['id']} {info['client']}/{info['key']}: {info['status']}")
+    typer.echo(f"  snapshot: {info['snapshot']}  batches enqueued: {info['batches']}")
+    typer.echo("  recipients: " + (" ".join(f"{k}={v}" for k, v in info["recipients"].items()) or "none yet"))
+    typer.echo("  counters: " + " ".join(f"{k}={v}" for k, v in info["counters"].items()))
+
+
+@campaigns_app.command("pause")
+@one_line_errors
+def campaigns_pause(
+    campaign_id: CampaignIdArg = None,
+    client: ClientOpt = None,
+    key: KeyOpt = None,
+    organization: OrganizationOpt = None,
+) -> None:
+    """Stop feeding the queue at once (a paused campaign stays paused)."""
+    found = run(campaign_ops.pause(settings(), _campaign(campaign_id, client, key, organization)))
+    typer.echo(f"campaign {found.id}: {found.status}")
+
+
+@campaigns_app.command("resume")
+@one_line_errors
+def campaigns_resume(
+    campaign_id: CampaignIdArg = None,
+    client: ClientOpt = None,
+    key: KeyOpt = None,
+    organization: OrganizationOpt = None,
+) -> None:
+    """Continue a paused campaign; only recipients still pending are enqueued again."""
+    found = run(campaign_ops.resume(settings(), _campaign(campaign_id, client, key, organization)))
+    typer.echo(f"campaign {found.id}: {found.status}")
+
+
+@campaigns_app.command("status")
+@one_line_errors
+def campaigns_status(
+    campaign_id: CampaignIdArg = None,
+    client: ClientOpt = None,
+    key: KeyOpt = None,
+    organization: OrganizationOpt = None,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh until the campaign is finished.")] = False,
+    interval: Annotated[float, typer.Option(min=0.1, help="Seconds between refreshes with --watch.")] = 2.0,
+) -> None:
+    """Status, snapshot and enqueue progress, recipients by status, counters."""
+    ref = _campaign(campaign_id, client, key, organization)
+    while True:
+        info = run(campaign_ops.status(settings(), ref))
+        _echo_campaign(info)
+        if not watch or info["status"] in campaign_ops.FINISHED_STATUSES:
+            return
+        try:
+            time.sleep(interval)
+        except KeyboardInterrupt:
+            return
+
+
+@campaigns_app.command("recompute-stats")
+@one_line_errors
+def campaigns_recompute_stats(
+    campaign_id: CampaignIdArg = None,
+    client: ClientOpt = None,
+    key: KeyOpt = None,
+    organization: OrganizationOpt = None,
+) -> None:
+    """Recompute every counter from the recipient and event rows (safe at any time)."""
+    counters = run(campaign_ops.recompute(settings(), _campaign(campaign_id, client, key, organization)))
+    typer.echo(" ".join(f"{k}={v}" for k, v in counters.items()))
+
+
+@campaigns_app.command("retry-failed")
+@one_line_errors
+def campaigns_retry_failed(
+    campaign_id: CampaignIdArg = None,
+    client: ClientOpt = None,
+    key: KeyOpt = None,
+    organization: OrganizationOpt = None,
+) -> None:
+    """Put failed recipients back to pending for the scheduler to enqueue again.
+
+    Sent recipients never are. The runbook: pause, fix the cause, retry-failed, resume."""
+    found, reset = run(
+        campaign_ops.retry_failed(settings(), _campaign(campaign_id, client, key, organization))
+    )
+    typer.echo(f"campaign {found.id}: {reset} failed recipients back to pending; status {found.status}")
 
 
 if __name__ == "__main__":

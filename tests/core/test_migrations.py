@@ -180,8 +180,9 @@ async def test_partial_index_predicates_match_the_models(conn: AsyncConnection) 
             await conn.execute(text(ddl.replace(f" {name} ON ", f" {probe} ON ", 1)))
             assert await _index_predicate(conn, name) == await _index_predicate(conn, probe), name
             checked += 1
-    # client_api_keys, subscriptions ×2, category_preferences ×2, transactional, events
-    assert checked == 7
+    # client_api_keys, subscriptions ×2, category_preferences ×2, transactional, events,
+    # campaign recipients' sending leases
+    assert checked == 8
 
 
 async def test_check_constraints_match_the_models(conn: AsyncConnection) -> None:

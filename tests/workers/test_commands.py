@@ -36,7 +36,13 @@ def test_scheduler_once_runs_every_job_and_reports_counts(worker_env: WorkerEnv,
     result = run_cli(worker_env.environ(), tmp_path, "scheduler", "--once")
 
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == ["transactional.requeue_lost: 0", "transactional.expire_leases: 0"]
+    assert result.stdout.splitlines() == [
+        "transactional.requeue_lost: 0",
+        "transactional.expire_leases: 0",
+        "campaigns.expire_leases: 0",
+        "campaigns.start_due: 0",
+        "campaigns.advance: 0",
+    ]
 
 
 def test_worker_process_stops_cleanly_on_sigterm(worker_env: WorkerEnv, tmp_path: Path) -> None:

@@ -30,6 +30,15 @@ async def age(deps: WorkerDeps, message_id: int, seconds: int) -> None:
         )
 
 
+IDLE = {
+    "transactional.requeue_lost": 0,
+    "transactional.expire_leases": 0,
+    "campaigns.expire_leases": 0,
+    "campaigns.start_due": 0,
+    "campaigns.advance": 0,
+}
+
+
 async def test_lost_queued_row_is_republished_and_then_sent_once(
     deps: WorkerDeps, worker_env: WorkerEnv
 ) -> None:
@@ -43,8 +52,8 @@ async def test_lost_queued_row_is_republished_and_then_sent_once(
     first = await run_once(deps, jobs)
     second = await run_once(deps, jobs)
 
-    assert first == {"transactional.requeue_lost": 1, "transactional.expire_leases": 0}
-    assert second == {"transactional.requeue_lost": 0, "transactional.expire_leases": 0}
+    assert first == {**IDLE, "transactional.requeue_lost": 1}
+    assert second == IDLE
     assert await queue_depth(deps, "transactional-email") == 1
 
     async def sent() -> bool:
@@ -107,5 +116,5 @@ async def test_live_lease_is_left_alone(deps: WorkerDeps) -> None:
 
     result = await run_once(deps, default_jobs(deps.settings))
 
-    assert result == {"transactional.requeue_lost": 0, "transactional.expire_leases": 0}
+    assert result == IDLE
     assert (await load(deps, message.id)).lease_owner == "busy-worker"

@@ -4,10 +4,14 @@ a configured sender, so everything that reaches a From header passes through her
 import re
 from email.headerregistry import Address
 from email.utils import formataddr, parseaddr
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, EmailStr, TypeAdapter, ValidationError
 
 from datamailer_core.errors import ValidationFailed
+
+if TYPE_CHECKING:
+    from datamailer_core.models import Client
 
 SENDER_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _EMAIL = TypeAdapter(EmailStr)
@@ -65,3 +69,19 @@ def validate_senders(
     if default_sender_id is None and len(cleaned) == 1:
         default_sender_id = cleaned[0]["id"]
     return cleaned, default_sender_id
+
+
+def resolve_sender(client: "Client", requested: str | None, template_default: str | None) -> Sender:
+    """The payload's sender id, else the template's default, else the client's. A sender
+    id that is not (or no longer) configured is never used; an explicit one is an error."""
+    configured = {s["id"]: Sender(id=s["id"], email=s["email"]) for s in client.sender_emails}
+    if requested is not None:
+        if requested not in configured:
+            raise ValidationFailed(
+                f"sender {requested!r} is not configured", fields={"from_email": "not_configured"}
+            )
+        return configured[requested]
+    for candidate in (template_default, client.default_sender_id):
+        if candidate is not None and candidate in configured:
+            return configured[candidate]
+    raise ValidationFailed("the client has no sender configured", fields={"from_email": "not_configured"})

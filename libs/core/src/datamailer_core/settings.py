@@ -104,6 +104,11 @@ class DeliverySettings(_Group):
 
 class TrackingSettings(_Group):
     public_base_url: str = Field(default="http://localhost:8001", validation_alias="PUBLIC_BASE_URL")
+    # An address whose mail unsubscribes, offered in `List-Unsubscribe` next to the https
+    # link (`<mailto:...>`); unset: the https link only.
+    list_unsubscribe_mailto: str | None = Field(
+        default=None, pattern=r"^[^\s<>,?@]+@[^\s<>,?@]+$", validation_alias="LIST_UNSUBSCRIBE_MAILTO"
+    )
 
 
 class SecuritySettings(_Group):

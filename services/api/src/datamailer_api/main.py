@@ -5,6 +5,7 @@ from fastapi import FastAPI
 from datamailer_api.audience.router import router as contacts_router
 from datamailer_api.audience.transfer import CSV_IMPORT_LIMIT, CSV_IMPORT_PATH
 from datamailer_api.audience.transfer import router as transfer_router
+from datamailer_api.campaigns.router import router as campaigns_router
 from datamailer_api.senders.router import router as senders_router
 from datamailer_api.transactional.router import router as transactional_router
 from datamailer_core.settings import Settings
@@ -22,4 +23,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(transfer_router)
     app.include_router(contacts_router)
     app.include_router(transactional_router)
+    app.include_router(campaigns_router)
     return app

@@ -13,9 +13,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from datamailer_core.repositories import deliveries
+from datamailer_core.campaigns.settings import CampaignSettings
+from datamailer_core.repositories import campaign_sends, deliveries
 from datamailer_core.repositories.deliveries import Requeue
 from datamailer_core.settings import Settings
+from datamailer_workers import campaign_jobs
 from datamailer_workers.deps import WorkerDeps, open_deps
 from datamailer_workers.poller import install_stop_signals
 
@@ -73,11 +75,38 @@ async def expire_transactional_leases(deps: WorkerDeps) -> int:
     return total
 
 
+async def expire_campaign_leases(deps: WorkerDeps) -> int:
+    """Recipients left `sending` past their lease, per CAMPAIGN_EXPIRED_LEASE_POLICY:
+    `fail` (default) marks them `send_outcome_unknown`, `resend` makes them `pending`."""
+    policy = deps.settings.delivery.campaign_expired_lease_policy
+    total = 0
+    for _ in range(MAX_BATCHES_PER_RUN):
+        async with deps.sessionmaker() as session, session.begin():
+            expired = await campaign_sends.expire_stale_leases(session, policy=policy, limit=SWEEP_BATCH)
+        if expired and policy == "fail":
+            deps.metrics.sends.labels("campaign", "failed").inc(expired)
+        total += expired
+        if expired < SWEEP_BATCH:
+            break
+    return total
+
+
 def default_jobs(settings: Settings) -> list[PeriodicJob]:
     interval = settings.delivery.scheduler_interval_seconds
     return [
         PeriodicJob("transactional.requeue_lost", interval, requeue_lost_transactional),
         PeriodicJob("transactional.expire_leases", interval, expire_transactional_leases),
+        PeriodicJob("campaigns.expire_leases", interval, expire_campaign_leases),
+        *campaign_periodic_jobs(CampaignSettings()),
+    ]
+
+
+def campaign_periodic_jobs(campaign: CampaignSettings) -> list[PeriodicJob]:
+    """Start due campaigns; snapshot, feed and finish active ones (`campaign_jobs`)."""
+    interval = campaign.job_interval_seconds
+    return [
+        PeriodicJob("campaigns.start_due", interval, campaign_jobs.run_due_campaigns),
+        PeriodicJob("campaigns.advance", interval, campaign_jobs.advance_job(campaign)),
     ]
 
 

@@ -91,6 +91,18 @@ class Campaign(EagerDefaults, TimestampMixin, Base):
     sent_at: Mapped[datetime | None]
     cancelled_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
+    # Snapshot progress: contacts are snapshotted in id ranges from `snapshot_start` up to
+    # `snapshot_target` (the client's subscribers' id range when it started);
+    # `snapshot_cursor` is the last id done.
+    snapshot_start: Mapped[int | None] = mapped_column(BigInteger)
+    snapshot_cursor: Mapped[int | None] = mapped_column(BigInteger)
+    snapshot_target: Mapped[int | None] = mapped_column(BigInteger)
+    snapshot_completed_at: Mapped[datetime | None]
+    # Progressive enqueue: recipients with an id up to `enqueue_cursor` were handed to the
+    # queue; `batch_count` batches were published, the last at `last_enqueued_at`.
+    enqueue_cursor: Mapped[int] = counter(big=True)
+    batch_count: Mapped[int] = counter()
+    last_enqueued_at: Mapped[datetime | None]
 
     recipient_count: Mapped[int] = counter(big=True)
     sent_count: Mapped[int] = counter(big=True)
@@ -115,7 +127,14 @@ class CampaignRecipient(EagerDefaults, LeaseMixin, TimestampMixin, Base):
     __table_args__ = (
         one_of("status", RECIPIENT_STATUSES),
         UniqueConstraint("campaign_id", "contact_id"),
-        Index(None, "campaign_id", "status"),
+        # Also orders by id within a status: keyset paging and the enqueue feed.
+        Index(None, "campaign_id", "status", "id"),
+        # The sweeper's look for leases left behind by dead workers.
+        Index(
+            "ix_campaign_recipients_sending_lease",
+            "lease_expires_at",
+            postgresql_where=text("status = 'sending'"),
+        ),
         Index(None, "contact_id"),
         Index(None, "ses_message_id"),
     )

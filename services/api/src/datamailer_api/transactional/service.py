@@ -22,7 +22,7 @@ from datamailer_core.mail import HEADER_NAME_RE, MAX_HEADER_VALUE, RESERVED_HEAD
 from datamailer_core.models import Audience, Client, Contact, EmailEvent, EmailTemplate, TransactionalMessage
 from datamailer_core.queues import QueuePublisher
 from datamailer_core.repositories import contacts, deliveries, templates, transactional
-from datamailer_core.senders import SENDER_ID_RE, Sender, normalize_sender_email
+from datamailer_core.senders import SENDER_ID_RE, Sender, normalize_sender_email, resolve_sender
 from datamailer_core.templating import (
     Rendered,
     TemplateError,
@@ -192,22 +192,6 @@ def validate_envelope(body: SendIn) -> Envelope:
     if fields:
         raise ValidationFailed("invalid send request", fields=fields)
     return Envelope(email=email, reply_to=reply_to, cc=cc, bcc=bcc, headers=headers)
-
-
-def resolve_sender(client: Client, requested: str | None, template_default: str | None) -> Sender:
-    """The payload's sender id, else the template's default, else the client's. A sender
-    id that is not (or no longer) configured is never used; an explicit one is an error."""
-    configured = {s["id"]: Sender(id=s["id"], email=s["email"]) for s in client.sender_emails}
-    if requested is not None:
-        if requested not in configured:
-            raise ValidationFailed(
-                f"sender {requested!r} is not configured", fields={"from_email": "not_configured"}
-            )
-        return configured[requested]
-    for candidate in (template_default, client.default_sender_id):
-        if candidate is not None and candidate in configured:
-            return configured[candidate]
-    raise ValidationFailed("the client has no sender configured", fields={"from_email": "not_configured"})
 
 
 async def _decide(

@@ -2,47 +2,25 @@
 transaction, record the outcome (spec/queues.md). Safe under at-least-once delivery:
 a duplicate record finds the row terminal (or leased) and sends nothing."""
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from email.utils import parseaddr
-from typing import Final, TypeVar
+from typing import Final
 
-from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from datamailer_core.contracts import TransactionalEmailV1
 from datamailer_core.mail import InvalidMessage, OutgoingEmail, build_ses_request
-from datamailer_core.ratelimit import Permit
 from datamailer_core.repositories import deliveries
 from datamailer_core.repositories.deliveries import TransactionalDelivery
 from datamailer_core.sending import PermanentSendError, TransientSendError, send_via_ses
 from datamailer_workers.deps import WorkerDeps
 from datamailer_workers.errors import RetryLater
+from datamailer_workers.handlers.shared import adapt_rate, in_transaction
 
 logger = logging.getLogger("datamailer.workers.transactional")
 
 STREAM: Final = "transactional"
 MAX_ATTEMPTS_EXCEEDED: Final = "max_attempts_exceeded"
-# Recording an outcome after SES accepted the mail is retried before giving up: a lost
-# `sent` would mean a second send once the lease expires.
-RECORD_ATTEMPTS: Final = 4
-RECORD_RETRY_SECONDS: Final = 0.5
-
-T = TypeVar("T")
-
-
-async def _in_transaction(deps: WorkerDeps, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-    for attempt in range(1, RECORD_ATTEMPTS + 1):
-        try:
-            async with deps.sessionmaker() as session, session.begin():
-                return await work(session)
-        except (OperationalError, InterfaceError, OSError):
-            if attempt == RECORD_ATTEMPTS:
-                raise
-            logger.warning("database unavailable, retrying", exc_info=True)
-            await asyncio.sleep(RECORD_RETRY_SECONDS * attempt)
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def outgoing_email(delivery: TransactionalDelivery) -> OutgoingEmail:
@@ -68,17 +46,6 @@ def outgoing_email(delivery: TransactionalDelivery) -> OutgoingEmail:
     )
 
 
-async def _adapt_rate(deps: WorkerDeps, permit: Permit, *, throttled: bool) -> None:
-    # The send's outcome stands whatever happens here.
-    try:
-        if throttled:
-            await deps.rate_limiter.throttled(permit)
-        else:
-            await deps.rate_limiter.succeeded(permit.tokens)
-    except Exception:
-        logger.warning("could not update the send rate", exc_info=True)
-
-
 async def handle_transactional_email(msg: TransactionalEmailV1, deps: WorkerDeps) -> None:
     delivery_settings = deps.settings.delivery
     metrics = deps.metrics
@@ -97,7 +64,7 @@ async def handle_transactional_email(msg: TransactionalEmailV1, deps: WorkerDeps
             expired_policy=delivery_settings.transactional_expired_lease_policy,
         )
 
-    claimed = await _in_transaction(deps, claim)
+    claimed = await in_transaction(deps, claim)
     log = {"transactional_message_id": message_id, "outcome": claimed.outcome}
     if claimed.outcome == "in_progress":
         raise RetryLater(f"message {message_id} is leased by another worker", delay=claimed.retry_after)
@@ -119,7 +86,7 @@ async def handle_transactional_email(msg: TransactionalEmailV1, deps: WorkerDeps
         async def work(session: AsyncSession) -> bool:
             return await deliveries.record_failed(session, message_id, owner, reason, error)
 
-        await _in_transaction(deps, work)
+        await in_transaction(deps, work)
         metrics.sends.labels(STREAM, "failed").inc()
         logger.warning("send failed permanently", extra={**log, "reason": reason})
 
@@ -141,14 +108,14 @@ async def handle_transactional_email(msg: TransactionalEmailV1, deps: WorkerDeps
     except TransientSendError as exc:
         if exc.throttled:
             metrics.ses_throttles.inc()
-            await _adapt_rate(deps, permit, throttled=True)
+            await adapt_rate(deps, permit, throttled=True)
         metrics.sends.labels(STREAM, "retried").inc()
         error = exc.reason
 
         async def release(session: AsyncSession) -> bool:
             return await deliveries.release(session, message_id, owner, error)
 
-        await _in_transaction(deps, release)
+        await in_transaction(deps, release)
         raise RetryLater(f"SES: {exc.reason}") from exc
     except PermanentSendError as exc:
         await fail(exc.code, exc.reason)
@@ -157,7 +124,7 @@ async def handle_transactional_email(msg: TransactionalEmailV1, deps: WorkerDeps
     async def sent(session: AsyncSession) -> bool:
         return await deliveries.record_sent(session, message_id, owner, result.message_id)
 
-    if not await _in_transaction(deps, sent):
+    if not await in_transaction(deps, sent):
         logger.warning("sent, but the lease was taken over; result not recorded", extra={**log})
     metrics.sends.labels(STREAM, "sent").inc()
-    await _adapt_rate(deps, permit, throttled=False)
+    await adapt_rate(deps, permit, throttled=False)

@@ -1,0 +1,241 @@
+"""Campaigns as a client sees them: validation before any write, scope checks, the
+status actions and the payloads. Snapshot and enqueue run in the scheduler
+(`datamailer_workers.campaign_jobs`), never in a request."""
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, Final
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from datamailer_api.audience.service import resolve_scope
+from datamailer_api.campaigns.schemas import (
+    CampaignIn,
+    CampaignOut,
+    CountersOut,
+    PreviewIn,
+    PreviewOut,
+    ProgressOut,
+    RatesOut,
+    RecipientOut,
+    RecipientsOut,
+    ScopeIn,
+)
+from datamailer_api.deps import AuthContext
+from datamailer_core.campaigns.content import PREVIEW_EMAIL, PREVIEW_TOKEN, recipient_context
+from datamailer_core.campaigns.snapshot import snapshot_percent
+from datamailer_core.errors import NotFound, ValidationFailed
+from datamailer_core.models import Campaign, Client
+from datamailer_core.models.campaigns import COUNTERS
+from datamailer_core.repositories import campaigns
+from datamailer_core.repositories.audience_queries import cursor_id, decode_cursor, encode_cursor
+from datamailer_core.senders import Sender, resolve_sender
+from datamailer_core.templating import TemplateError, render_message, validate_message_templates
+
+# Pending recipients a cancel skips in its own request; the scheduler skips the rest.
+CANCEL_INLINE_LIMIT: Final = 10_000
+
+
+@dataclass(frozen=True)
+class Found:
+    campaign: Campaign
+    audience: str
+
+
+def _not_found() -> NotFound:
+    return NotFound("campaign not found", fields={"external_key": "not_found"})
+
+
+async def find(
+    session: AsyncSession, auth: AuthContext, key: str, audience: str | None, client: str | None
+) -> Found:
+    """The client's campaign; another client's key, or a campaign of another audience
+    than the one named, is 404 (never 403, so keys cannot be probed)."""
+    auth.require_client(client)
+    found = await campaigns.find_campaign(session, auth.client.id, key)
+    if found is None:
+        raise _not_found()
+    campaign, audience_slug = found
+    if audience is not None:
+        scope = await resolve_scope(session, auth, audience, client)
+        if scope.audience.id != campaign.audience_id:
+            raise _not_found()
+    return Found(campaign, audience_slug)
+
+
+async def find_scoped(session: AsyncSession, auth: AuthContext, key: str, body: ScopeIn | None) -> Found:
+    """`find` with the scope named in an action's optional body."""
+    return await find(session, auth, key, body.audience if body else None, body.client if body else None)
+
+
+def _sender(client: Client, requested: str | None, fields: dict[str, str]) -> Sender | None:
+    if requested is not None and "@" in requested:
+        fields["from_email"] = "invalid"  # an address where a sender id is expected
+        return None
+    try:
+        return resolve_sender(client, requested, None)
+    except ValidationFailed as exc:
+        fields.update(exc.fields)
+        return None
+
+
+async def upsert(session: AsyncSession, auth: AuthContext, key: str, body: CampaignIn) -> tuple[Found, bool]:
+    """Create or replace the definition of a draft; 409 `not_editable` after queueing."""
+    scope = await resolve_scope(session, auth, body.audience, body.client)
+    fields: dict[str, str] = {}
+    if not body.subject.strip():
+        fields["subject"] = "required"
+    elif "\r" in body.subject or "\n" in body.subject:
+        fields["subject"] = "invalid"
+    if not (body.html_body or "").strip() and not (body.text_body or "").strip():
+        fields["html_body"] = fields["text_body"] = "required"
+    _sender(auth.client, body.from_email, fields)
+    for name, reason in validate_message_templates(body.subject, body.html_body, body.text_body).items():
+        fields.setdefault(name, reason)
+    if fields:
+        raise ValidationFailed("invalid campaign", fields=fields)
+    values: dict[str, Any] = {
+        "audience_id": scope.audience.id,
+        "subject": body.subject,
+        "preview_text": body.preview_text,
+        "html_body": body.html_body,
+        "text_body": body.text_body,
+        "sender_id": body.from_email,
+        "include_tags": sorted(set(body.include_tags)),
+        "exclude_tags": sorted(set(body.exclude_tags)),
+        "category_tag": body.category_tag,
+        "scheduled_at": body.scheduled_at,
+        "metadata_": body.metadata,
+    }
+    campaign, created = await campaigns.upsert_campaign(session, auth.client.id, key, values)
+    return Found(campaign, scope.audience.slug), created
+
+
+async def queue(session: AsyncSession, auth: AuthContext, found: Found) -> tuple[Found, bool]:
+    """A draft becomes `snapshotting` (or `scheduled` for a future `scheduled_at`); any
+    other status is left alone. Its sender must still be configured."""
+    campaign = found.campaign
+    queued = False
+    if campaign.status == "draft":
+        fields: dict[str, str] = {}
+        _sender(auth.client, campaign.sender_id, fields)
+        if fields:
+            raise ValidationFailed("the campaign's sender is no longer configured", fields=fields)
+        queued = await campaigns.queue_campaign(session, campaign.id)
+    return await _reloaded(session, found), queued
+
+
+async def pause(session: AsyncSession, found: Found) -> Found:
+    await campaigns.pause(session, found.campaign)
+    return await _reloaded(session, found)
+
+
+async def resume(session: AsyncSession, found: Found) -> Found:
+    await campaigns.resume(session, found.campaign)
+    return await _reloaded(session, found)
+
+
+async def cancel(session: AsyncSession, found: Found) -> Found:
+    await campaigns.cancel(session, found.campaign, skip_now=CANCEL_INLINE_LIMIT)
+    return await _reloaded(session, found)
+
+
+async def _reloaded(session: AsyncSession, found: Found) -> Found:
+    campaign = await campaigns.get_campaign_by_id(session, found.campaign.id)
+    assert campaign is not None
+    return Found(campaign, found.audience)
+
+
+async def preview(
+    auth: AuthContext, found: Found, body: PreviewIn | None, public_base_url: str
+) -> PreviewOut:
+    """Rendered as a recipient would get it, with placeholder tokens in the links."""
+    campaign = found.campaign
+    fields: dict[str, str] = {}
+    sender = _sender(auth.client, campaign.sender_id, fields)
+    if sender is None:
+        raise ValidationFailed("the campaign's sender is not configured", fields=fields)
+    context = recipient_context(
+        email=(body.email if body and body.email else PREVIEW_EMAIL),
+        public_base_url=public_base_url,
+        unsubscribe_token=PREVIEW_TOKEN,
+        extra=body.context if body else None,
+    )
+    try:
+        # In a thread: a template may take up to the render deadline, the loop must not.
+        rendered = await asyncio.to_thread(
+            render_message, campaign.subject, campaign.html_body, campaign.text_body, context
+        )
+    except TemplateError as exc:
+        raise exc.as_validation_error() from None
+    return PreviewOut(
+        subject=rendered.subject,
+        preview_text=campaign.preview_text,
+        html_body=rendered.html_body,
+        text_body=rendered.text_body,
+        from_email=sender.id,
+        from_email_address=sender.email,
+    )
+
+
+async def recipients(
+    session: AsyncSession, found: Found, *, status: str | None, limit: int, cursor: str | None
+) -> RecipientsOut:
+    after_id = cursor_id(decode_cursor(cursor, 1)[0]) if cursor else None
+    rows = await campaigns.list_recipients(
+        session, found.campaign.id, status=status, limit=limit + 1, after_id=after_id
+    )
+    page = rows[:limit]
+    return RecipientsOut(
+        recipients=[RecipientOut.model_validate(row, from_attributes=True) for row in page],
+        next_cursor=encode_cursor(page[-1].id) if len(rows) > limit else None,
+    )
+
+
+def _rate(numerator: int, denominator: int) -> float:
+    return round(numerator / denominator, 4) if denominator else 0.0
+
+
+def campaign_out(found: Found, client: Client) -> CampaignOut:
+    campaign = found.campaign
+    counters = CountersOut(**{name: getattr(campaign, name) for name in COUNTERS})
+    sender_id = campaign.sender_id or client.default_sender_id
+    address = next((s["email"] for s in client.sender_emails if s.get("id") == sender_id), None)
+    return CampaignOut(
+        id=campaign.id,
+        external_key=campaign.external_key,
+        audience=found.audience,
+        client=client.slug,
+        status=campaign.status,
+        subject=campaign.subject,
+        preview_text=campaign.preview_text,
+        html_body=campaign.html_body,
+        text_body=campaign.text_body,
+        from_email=sender_id,
+        from_email_address=address,
+        include_tags=campaign.include_tags,
+        exclude_tags=campaign.exclude_tags,
+        category_tag=campaign.category_tag,
+        scheduled_at=campaign.scheduled_at,
+        metadata=campaign.metadata_,
+        queued_at=campaign.queued_at,
+        sent_at=campaign.sent_at,
+        cancelled_at=campaign.cancelled_at,
+        created_at=campaign.created_at,
+        updated_at=campaign.updated_at,
+        counters=counters,
+        rates=RatesOut(
+            open_rate=_rate(counters.unique_open_count, counters.sent_count),
+            click_rate=_rate(counters.unique_click_count, counters.sent_count),
+            click_to_open_rate=_rate(counters.unique_click_count, counters.unique_open_count),
+            bounce_rate=_rate(counters.bounce_count, counters.sent_count),
+            unsubscribe_rate=_rate(counters.unsubscribe_count, counters.sent_count),
+        ),
+        progress=ProgressOut(
+            snapshot_completed=campaign.snapshot_completed_at is not None,
+            snapshot_percent=snapshot_percent(campaign),
+            snapshot_completed_at=campaign.snapshot_completed_at,
+            batch_count=campaign.batch_count,
+            last_enqueued_at=campaign.last_enqueued_at,
+        ),
+    )

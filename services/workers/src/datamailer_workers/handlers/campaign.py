@@ -1,0 +1,215 @@
+"""The `campaign-email` handler: a bounded batch of recipient ids of one campaign.
+
+The batch is worked in parts no larger than the send-rate bucket. For each part: take
+the rate tokens (non-priority: campaign mail never queues ahead of transactional mail),
+claim the part with a lease in one statement (which re-checks that the campaign is
+still `sending` and each contact still eligible), build and send the messages outside
+any transaction, record every outcome in one short transaction. A pause or cancel
+therefore stops the batch at the next part; recipients left `pending` are fed again on
+resume. A duplicate record finds its rows terminal or leased and sends nothing.
+"""
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Final
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from datamailer_core.campaigns.message import CampaignContent, build_recipient_message
+from datamailer_core.contracts import CampaignEmailV1
+from datamailer_core.errors import ValidationFailed
+from datamailer_core.mail import InvalidMessage, build_ses_request
+from datamailer_core.models import Campaign
+from datamailer_core.repositories import campaign_sends
+from datamailer_core.repositories.campaign_sends import (
+    BatchClaim,
+    ClaimedRecipient,
+    Outcomes,
+    SendingCampaign,
+    TokenPair,
+)
+from datamailer_core.security import hash_token, new_token
+from datamailer_core.senders import resolve_sender
+from datamailer_core.sending import PermanentSendError, TransientSendError, send_via_ses
+from datamailer_core.templating import TemplateError
+from datamailer_workers.deps import WorkerDeps
+from datamailer_workers.errors import RetryLater
+from datamailer_workers.handlers.shared import adapt_rate, in_transaction
+
+logger = logging.getLogger("datamailer.workers.campaign")
+
+STREAM: Final = "campaign"
+SENDER_NOT_CONFIGURED: Final = "sender_not_configured"
+
+
+def campaign_content(deps: WorkerDeps, found: SendingCampaign) -> CampaignContent:
+    """Raises ValidationFailed when the campaign's sender is no longer configured."""
+    campaign = found.campaign
+    sender = resolve_sender(found.client, campaign.sender_id, None)
+    return CampaignContent(
+        campaign_id=campaign.id,
+        client_slug=found.client.slug,
+        from_address=sender.address,
+        display_name=sender.display_name or None,
+        subject=campaign.subject,
+        html_body=campaign.html_body,
+        text_body=campaign.text_body,
+        public_base_url=deps.settings.tracking.public_base_url,
+        secret_key=deps.settings.security.secret_key.get_secret_value(),
+        list_unsubscribe_mailto=deps.settings.tracking.list_unsubscribe_mailto,
+    )
+
+
+def _tokens(secret_key: str, n: int) -> list[TokenPair]:
+    pairs = []
+    for _ in range(n):
+        tracking, unsubscribe = new_token(), new_token()
+        pairs.append(
+            TokenPair(
+                tracking, hash_token(secret_key, tracking), unsubscribe, hash_token(secret_key, unsubscribe)
+            )
+        )
+    return pairs
+
+
+@dataclass(frozen=True)
+class _Built:
+    recipient: ClaimedRecipient
+    request: dict[str, object] | None = None
+    failure: tuple[str, str] | None = None
+
+
+def _build(
+    content: CampaignContent, configuration_set: str | None, recipients: list[ClaimedRecipient]
+) -> list[_Built]:
+    built = []
+    tags = {"campaign_id": content.campaign_id, "client": content.client_slug}
+    for recipient in recipients:
+        try:
+            email = build_recipient_message(
+                content,
+                email=recipient.email,
+                tracking_token=recipient.tracking_token,
+                unsubscribe_token=recipient.unsubscribe_token,
+            )
+            request = build_ses_request(email, configuration_set=configuration_set, tags=tags)
+        except TemplateError as exc:
+            built.append(_Built(recipient, failure=(exc.reason, str(exc))))
+        except InvalidMessage as exc:
+            built.append(_Built(recipient, failure=(exc.reason, exc.message)))
+        else:
+            built.append(_Built(recipient, request=request))
+    return built
+
+
+async def _send(deps: WorkerDeps, built: _Built) -> tuple[str, str | tuple[str, str | None], bool]:
+    """(outcome, detail, throttled): `sent` + message id, `failed` + (reason, detail),
+    or `retry` + error."""
+    if built.request is None:
+        assert built.failure is not None
+        return "failed", built.failure, False
+    try:
+        result = await send_via_ses(deps.sesv2, built.request)
+    except TransientSendError as exc:
+        return "retry", exc.reason, exc.throttled
+    except PermanentSendError as exc:
+        return "failed", (exc.code, exc.reason), False
+    return "sent", result.message_id, False
+
+
+async def _send_part(deps: WorkerDeps, content: CampaignContent, claim: BatchClaim) -> tuple[Outcomes, bool]:
+    # Rendering is CPU work: one thread hop per part keeps the loop responsive.
+    built = await asyncio.to_thread(_build, content, deps.settings.ses.configuration_set, claim.claimed)
+    results = await asyncio.gather(*(_send(deps, b) for b in built))
+    outcomes = Outcomes(sent={}, failed={}, retry={})
+    throttled = False
+    for b, (outcome, detail, was_throttled) in zip(built, results, strict=True):
+        throttled = throttled or was_throttled
+        rid = b.recipient.id
+        if outcome == "sent":
+            assert isinstance(detail, str)
+            outcomes.sent[rid] = detail
+        elif outcome == "failed":
+            assert isinstance(detail, tuple)
+            outcomes.failed[rid] = detail
+        else:
+            assert isinstance(detail, str)
+            outcomes.retry[rid] = detail
+    return outcomes, throttled
+
+
+def part_size(deps: WorkerDeps, batch: int) -> int:
+    """Recipients per claim: never more than the rate bucket holds (else a
+    non-priority taker would wait forever)."""
+    return max(1, min(batch, int(deps.rate_limiter.bucket_size)))
+
+
+async def _work_part(
+    deps: WorkerDeps,
+    campaign: Campaign,
+    content: CampaignContent | None,
+    part: list[int],
+    log: dict[str, object],
+) -> None:
+    permit = await deps.rate_limiter.acquire(len(part), priority=False)
+    secret_key = deps.settings.security.secret_key.get_secret_value()
+    tokens = _tokens(secret_key, len(part))
+    owner = deps.lease_owner()
+    lease = deps.settings.delivery.lease_seconds
+
+    async def claim(session: AsyncSession) -> BatchClaim:
+        return await campaign_sends.claim_recipients(
+            session, campaign, part, tokens, owner=owner, lease_seconds=lease
+        )
+
+    claimed = await in_transaction(deps, claim)
+    if claimed.skipped:
+        deps.metrics.sends.labels(STREAM, "skipped").inc(len(claimed.skipped))
+    if not claimed.claimed:
+        return
+    if content is None:
+        failed: dict[int, tuple[str, str | None]] = {
+            r.id: (SENDER_NOT_CONFIGURED, None) for r in claimed.claimed
+        }
+        outcomes, throttled = Outcomes(sent={}, failed=failed, retry={}), False
+    else:
+        outcomes, throttled = await _send_part(deps, content, claimed)
+
+    async def record(session: AsyncSession) -> int:
+        return await campaign_sends.record_outcomes(session, campaign, owner, outcomes)
+
+    if await in_transaction(deps, record) < len(outcomes.sent):
+        logger.warning("sent, but some leases were taken over; not recorded", extra=log)
+    for outcome, recipients in (
+        ("sent", outcomes.sent),
+        ("failed", outcomes.failed),
+        ("retried", outcomes.retry),
+    ):
+        if recipients:
+            deps.metrics.sends.labels(STREAM, outcome).inc(len(recipients))
+    if throttled:
+        deps.metrics.ses_throttles.inc()
+    await adapt_rate(deps, permit, throttled=throttled)
+    if outcomes.retry:
+        raise RetryLater(f"SES: {next(iter(outcomes.retry.values()))} ({len(outcomes.retry)} recipients)")
+
+
+async def handle_campaign_email(msg: CampaignEmailV1, deps: WorkerDeps) -> None:
+    async with deps.sessionmaker() as session:
+        found = await campaign_sends.load_sending_campaign(session, msg.campaign_id)
+    log: dict[str, object] = {"campaign_id": msg.campaign_id, "batch_id": msg.batch_id}
+    if found is None or found.campaign.status != "sending":
+        # Paused: its recipients stay pending and are fed again on resume. Cancelled or
+        # gone: nothing more is sent.
+        deps.metrics.idempotency_skips.labels(STREAM).inc()
+        logger.info("campaign not sending", extra={**log, "status": found and found.campaign.status})
+        return
+    try:
+        content: CampaignContent | None = campaign_content(deps, found)
+    except ValidationFailed:
+        content = None  # every claimed recipient fails with `sender_not_configured`
+    ids = list(dict.fromkeys(msg.campaign_recipient_ids))
+    size = part_size(deps, len(ids))
+    for start in range(0, len(ids), size):
+        await _work_part(deps, found.campaign, content, ids[start : start + size], log)
