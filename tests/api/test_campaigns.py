@@ -1,11 +1,14 @@
 """Campaign definitions over the API: upsert, read, validation before any write, tenant
-isolation, queueing (off the request path), preview."""
+isolation, queueing (off the request path), preview and test sends (through moto's SES)."""
 
+import email
+import email.policy
 from typing import Any
 
+import httpx
 import pytest
 from httpx import AsyncClient
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from datamailer_core.models import Campaign
@@ -262,9 +265,15 @@ async def test_preview_renders_with_placeholder_tokens_and_escapes_values(
     assert preview["subject"] == "Hello <b>Ada</b>"
     assert preview["html_body"] == (
         f'<p>&lt;b&gt;Ada&lt;/b&gt;</p><a href="{base}/unsubscribe/preview-token">Unsubscribe</a>'
+        f'<img src="{base}/t/o/preview-token.gif" width="1" height="1" alt="" style="display:none">'
     )
     assert preview["text_body"] == f"<b>Ada</b> / recipient@example.com / {base}/unsubscribe/preview-token"
     assert preview["from_email"] == "news"
+    assert preview["from_email_address"] == "The News <news@app.example.com>"
+    assert preview["headers"] == {
+        "List-Unsubscribe": f"<{base}/unsubscribe/preview-token>",
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+    }
     assert default.json()["subject"] == "Hello there"
 
 
@@ -278,3 +287,73 @@ async def test_campaign_routes_need_an_api_key(api: AsyncClient) -> None:
     response = await api.get(f"{CAMPAIGNS}/nov")
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "missing_authorization"
+
+
+def moto_ses_messages(api_app: Any) -> list[Any]:
+    endpoint = api_app.state.settings.aws.endpoint_url
+    data = httpx.get(f"{endpoint}/moto-api/data.json").json().get("ses", {})
+    return [
+        email.message_from_string(item["raw_data"], policy=email.policy.default)
+        for item in data.get("RawMessage", [])
+    ]
+
+
+async def test_test_send_sends_at_once_to_each_address_and_writes_no_recipient_rows(
+    api: AsyncClient, tenant: Tenant, api_app: Any, session: AsyncSession
+) -> None:
+    await api_app.state.sesv2.create_email_identity(EmailIdentity="news@app.example.com")
+    await put_campaign(
+        api, tenant, subject="News for {{ email }}", html_body='<a href="https://example.com/a">A</a>'
+    )
+
+    response = await api.post(
+        f"{CAMPAIGNS}/nov/test-send",
+        json={"emails": ["Editor@Example.com", "boss@example.com", "boss@example.com"]},
+        headers=tenant.headers,
+    )
+
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [(r["email"], r["status"]) for r in results] == [
+        ("Editor@Example.com", "sent"),
+        ("boss@example.com", "sent"),
+    ]
+    assert all(r["message_id"] for r in results)
+    messages = moto_ses_messages(api_app)
+    assert sorted(m["To"] for m in messages) == ["Editor@Example.com", "boss@example.com"]
+    assert {m["Subject"] for m in messages} == {
+        "[Test] News for Editor@Example.com",
+        "[Test] News for boss@example.com",
+    }
+    assert all(m["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click" for m in messages)
+    html = messages[0].get_body(("html",)).get_content()
+    assert "/t/c/preview-token?u=https%3A%2F%2Fexample.com%2Fa&amp;s=" in html
+    assert await session.scalar(text("SELECT count(*) FROM campaign_recipients")) == 0
+    assert await session.scalar(text("SELECT count(*) FROM email_events")) == 0
+    assert (await api.get(f"{CAMPAIGNS}/nov", headers=tenant.headers)).json()["campaign"]["status"] == "draft"
+
+
+async def test_test_send_limits_and_errors(api: AsyncClient, tenant: Tenant, api_app: Any) -> None:
+    await put_campaign(api, tenant)
+    url = f"{CAMPAIGNS}/nov/test-send"
+
+    too_many = await api.post(
+        url, json={"emails": [f"a{i}@example.com" for i in range(26)]}, headers=tenant.headers
+    )
+    empty = await api.post(url, json={"emails": []}, headers=tenant.headers)
+    invalid = await api.post(
+        url,
+        json={"emails": ["ok@example.com", "not an address", "x@y.com\r\nBcc: z@z.com"]},
+        headers=tenant.headers,
+    )
+    unverified = await api.post(url, json={"emails": ["ok@example.com"]}, headers=tenant.headers)
+
+    assert too_many.status_code == 400
+    assert too_many.json()["error"]["fields"] == {"emails": "too_long"}
+    assert empty.status_code == 400
+    assert invalid.status_code == 400
+    assert invalid.json()["error"]["fields"] == {"emails.1": "invalid", "emails.2": "invalid"}
+    assert unverified.status_code == 200
+    [result] = unverified.json()["results"]
+    assert (result["status"], result["reason"]) == ("failed", "MessageRejected")
+    assert moto_ses_messages(api_app) == []

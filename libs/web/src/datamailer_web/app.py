@@ -129,6 +129,14 @@ def get_publisher(request: Request) -> QueuePublisher:
 PublisherDep = Annotated[QueuePublisher, Depends(get_publisher)]
 
 
+def get_sesv2(request: Request) -> Any:
+    return request.app.state.sesv2
+
+
+# The process's SES v2 client (aioboto3), for the few routes that send at once.
+SesDep = Annotated[Any, Depends(get_sesv2)]
+
+
 class RequestContext:
     """Sets the correlation id (from `X-Request-ID` or new) and records request latency."""
 

@@ -25,6 +25,9 @@ from urllib.parse import quote
 
 from datamailer_core.campaigns.content import recipient_context, unsubscribe_url
 from datamailer_core.mail import OutgoingEmail
+from datamailer_core.models import Campaign, Client
+from datamailer_core.senders import resolve_sender
+from datamailer_core.settings import Settings
 from datamailer_core.templating import render_message
 
 SIGNATURE_CHARS: Final = 32  # 128 bits of the hex HMAC
@@ -105,6 +108,27 @@ class CampaignContent:
     secret_key: str
     list_unsubscribe_mailto: str | None = None
     extra_context: Mapping[str, Any] | None = None
+
+
+def campaign_content(
+    campaign: Campaign, client: Client, settings: Settings, extra_context: Mapping[str, Any] | None = None
+) -> CampaignContent:
+    """Raises ValidationFailed (`from_email: not_configured`) when the campaign's sender
+    is no longer one of the client's."""
+    sender = resolve_sender(client, campaign.sender_id, None)
+    return CampaignContent(
+        campaign_id=campaign.id,
+        client_slug=client.slug,
+        from_address=sender.address,
+        display_name=sender.display_name or None,
+        subject=campaign.subject,
+        html_body=campaign.html_body,
+        text_body=campaign.text_body,
+        public_base_url=settings.tracking.public_base_url,
+        secret_key=settings.security.secret_key.get_secret_value(),
+        list_unsubscribe_mailto=settings.tracking.list_unsubscribe_mailto,
+        extra_context=extra_context,
+    )
 
 
 def build_recipient_message(

@@ -15,9 +15,11 @@ from datamailer_api.campaigns.schemas import (
     RecipientsOut,
     RecipientStatus,
     ScopeIn,
+    TestSendIn,
+    TestSendOut,
 )
 from datamailer_api.deps import CurrentClient
-from datamailer_web.app import SessionDep, SettingsDep
+from datamailer_web.app import SesDep, SessionDep, SettingsDep
 from datamailer_web.errors import error_responses
 
 router = APIRouter(prefix="/api/campaigns", tags=["campaigns"], responses=error_responses(400, 401, 403, 404))
@@ -122,7 +124,26 @@ async def preview_campaign(
     """Render the subject and bodies as a recipient would get them, with placeholder
     tokens in the unsubscribe and preference links (`{{ unsubscribe_url }}`)."""
     found = await service.find_scoped(session, auth, external_key, body)
-    return await service.preview(auth, found, body, settings.tracking.public_base_url)
+    return await service.preview(auth, found, body, settings)
+
+
+@router.post("/{external_key}/test-send", response_model=TestSendOut, responses=error_responses(413, 415))
+async def test_send_campaign(
+    external_key: ExternalKey,
+    body: TestSendIn,
+    auth: CurrentClient,
+    session: SessionDep,
+    settings: SettingsDep,
+    sesv2: SesDep,
+) -> TestSendOut:
+    """Send the campaign now to at most 25 addresses (subject prefixed `[Test] `), in
+    any status; no recipient rows, counters or events. One result per address."""
+    found = await service.find_scoped(session, auth, external_key, body)
+    # No connection is held across the SES calls: detach what was read, end the
+    # read-only transaction (a rollback would expire attached objects).
+    session.expunge_all()
+    await session.rollback()
+    return await service.test_send(auth, found, body, settings, sesv2)
 
 
 @router.get("/{external_key}/recipients", response_model=RecipientsOut)

@@ -87,6 +87,35 @@ class PreviewIn(ScopeIn):
     context: JsonObject = Field(default_factory=dict, description="Extra template values.")
 
 
+MAX_TEST_EMAILS = 25
+
+
+class TestSendIn(ScopeIn):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"emails": ["editor@example.com"], "context": {"first_name": "Ada"}}]
+        },
+    )
+    emails: list[Annotated[str, Field(max_length=320)]] = Field(
+        min_length=1,
+        max_length=MAX_TEST_EMAILS,
+        description="At most 25 addresses; no recipient rows are written.",
+    )
+    context: JsonObject = Field(default_factory=dict, description="Extra template values.")
+
+
+class TestSendResult(BaseModel):
+    email: str
+    status: Literal["sent", "failed"]
+    message_id: str | None = Field(default=None, description="The SES message id when sent.")
+    reason: str | None = Field(default=None, description="Why it failed, e.g. `MessageRejected`.")
+
+
+class TestSendOut(BaseModel):
+    results: list[TestSendResult]
+
+
 class CountersOut(BaseModel):
     recipient_count: int = Field(description="Recipient rows: every intended recipient, skipped ones too.")
     sent_count: int
@@ -173,6 +202,7 @@ class PreviewOut(BaseModel):
     text_body: str | None
     from_email: str
     from_email_address: str
+    headers: dict[str, str] = Field(description="Headers added to every recipient's message.")
 
 
 class RecipientOut(BaseModel):

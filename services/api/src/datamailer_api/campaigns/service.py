@@ -3,7 +3,7 @@ status actions and the payloads. Snapshot and enqueue run in the scheduler
 (`datamailer_workers.campaign_jobs`), never in a request."""
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,20 +20,29 @@ from datamailer_api.campaigns.schemas import (
     RecipientOut,
     RecipientsOut,
     ScopeIn,
+    TestSendIn,
+    TestSendOut,
+    TestSendResult,
 )
 from datamailer_api.deps import AuthContext
-from datamailer_core.campaigns.content import PREVIEW_EMAIL, PREVIEW_TOKEN, recipient_context
+from datamailer_core.campaigns.content import PREVIEW_EMAIL, PREVIEW_TOKEN
+from datamailer_core.campaigns.message import CampaignContent, build_recipient_message, campaign_content
 from datamailer_core.campaigns.snapshot import snapshot_percent
 from datamailer_core.errors import NotFound, ValidationFailed
+from datamailer_core.mail import InvalidMessage, build_ses_request
 from datamailer_core.models import Campaign, Client
 from datamailer_core.models.campaigns import COUNTERS
 from datamailer_core.repositories import campaigns
 from datamailer_core.repositories.audience_queries import cursor_id, decode_cursor, encode_cursor
+from datamailer_core.repositories.contacts import clean_email
 from datamailer_core.senders import Sender, resolve_sender
-from datamailer_core.templating import TemplateError, render_message, validate_message_templates
+from datamailer_core.sending import SendError, send_via_ses
+from datamailer_core.settings import Settings
+from datamailer_core.templating import TemplateError, validate_message_templates
 
 # Pending recipients a cancel skips in its own request; the scheduler skips the rest.
 CANCEL_INLINE_LIMIT: Final = 10_000
+TEST_PREFIX: Final = "[Test] "
 
 
 @dataclass(frozen=True)
@@ -146,36 +155,74 @@ async def _reloaded(session: AsyncSession, found: Found) -> Found:
     return Found(campaign, found.audience)
 
 
-async def preview(
-    auth: AuthContext, found: Found, body: PreviewIn | None, public_base_url: str
-) -> PreviewOut:
-    """Rendered as a recipient would get it, with placeholder tokens in the links."""
-    campaign = found.campaign
-    fields: dict[str, str] = {}
-    sender = _sender(auth.client, campaign.sender_id, fields)
-    if sender is None:
-        raise ValidationFailed("the campaign's sender is not configured", fields=fields)
-    context = recipient_context(
-        email=(body.email if body and body.email else PREVIEW_EMAIL),
-        public_base_url=public_base_url,
-        unsubscribe_token=PREVIEW_TOKEN,
-        extra=body.context if body else None,
-    )
+def _content(auth: AuthContext, found: Found, settings: Settings, context: dict[str, Any]) -> CampaignContent:
+    try:
+        return campaign_content(found.campaign, auth.client, settings, context)
+    except ValidationFailed as exc:
+        raise ValidationFailed("the campaign's sender is not configured", fields=exc.fields) from None
+
+
+async def preview(auth: AuthContext, found: Found, body: PreviewIn | None, settings: Settings) -> PreviewOut:
+    """The message as a recipient gets it (tracked links, pixel, unsubscribe link and
+    headers), with placeholder tokens."""
+    content = _content(auth, found, settings, body.context if body else {})
+    email = body.email if body and body.email else PREVIEW_EMAIL
     try:
         # In a thread: a template may take up to the render deadline, the loop must not.
-        rendered = await asyncio.to_thread(
-            render_message, campaign.subject, campaign.html_body, campaign.text_body, context
+        message = await asyncio.to_thread(
+            build_recipient_message,
+            content,
+            email=email,
+            tracking_token=PREVIEW_TOKEN,
+            unsubscribe_token=PREVIEW_TOKEN,
         )
     except TemplateError as exc:
         raise exc.as_validation_error() from None
+    sender_id = found.campaign.sender_id or auth.client.default_sender_id
     return PreviewOut(
-        subject=rendered.subject,
-        preview_text=campaign.preview_text,
-        html_body=rendered.html_body,
-        text_body=rendered.text_body,
-        from_email=sender.id,
-        from_email_address=sender.email,
+        subject=message.subject,
+        preview_text=found.campaign.preview_text,
+        html_body=message.html_body,
+        text_body=message.text_body,
+        from_email=sender_id or "",
+        from_email_address=message.from_address
+        if message.display_name is None
+        else f"{message.display_name} <{message.from_address}>",
+        headers=dict(message.headers),
     )
+
+
+async def test_send(
+    auth: AuthContext, found: Found, body: TestSendIn, settings: Settings, sesv2: Any
+) -> TestSendOut:
+    """Send the campaign now to up to 25 addresses, subject prefixed `[Test]`, with
+    placeholder tokens (signed links still lead to their targets); no recipient rows,
+    counters or events. Each address gets its own result."""
+    fields = {f"emails.{i}": "invalid" for i, raw in enumerate(body.emails) if clean_email(raw) is None}
+    if fields:
+        raise ValidationFailed("invalid test addresses", fields=fields)
+    content = _content(auth, found, settings, body.context)
+    content = replace(content, subject=f"{TEST_PREFIX}{content.subject}")
+    tags = {"campaign_id": found.campaign.id, "client": auth.client.slug, "test": "true"}
+
+    async def send(address: str) -> TestSendResult:
+        email = clean_email(address) or address
+        try:
+            message = await asyncio.to_thread(
+                build_recipient_message, content, email=email, tracking_token=PREVIEW_TOKEN,
+                unsubscribe_token=PREVIEW_TOKEN,
+            )  # fmt: skip
+            request = build_ses_request(message, configuration_set=settings.ses.configuration_set, tags=tags)
+            result = await send_via_ses(sesv2, request)
+        except TemplateError as exc:
+            raise exc.as_validation_error() from None
+        except InvalidMessage as exc:
+            return TestSendResult(email=email, status="failed", reason=exc.reason)
+        except SendError as exc:
+            return TestSendResult(email=email, status="failed", reason=exc.code)
+        return TestSendResult(email=email, status="sent", message_id=result.message_id)
+
+    return TestSendOut(results=list(await asyncio.gather(*(send(a) for a in dict.fromkeys(body.emails)))))
 
 
 async def recipients(

@@ -16,7 +16,7 @@ from typing import Final
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from datamailer_core.campaigns.message import CampaignContent, build_recipient_message
+from datamailer_core.campaigns.message import CampaignContent, build_recipient_message, campaign_content
 from datamailer_core.contracts import CampaignEmailV1
 from datamailer_core.errors import ValidationFailed
 from datamailer_core.mail import InvalidMessage, build_ses_request
@@ -26,11 +26,9 @@ from datamailer_core.repositories.campaign_sends import (
     BatchClaim,
     ClaimedRecipient,
     Outcomes,
-    SendingCampaign,
     TokenPair,
 )
 from datamailer_core.security import hash_token, new_token
-from datamailer_core.senders import resolve_sender
 from datamailer_core.sending import PermanentSendError, TransientSendError, send_via_ses
 from datamailer_core.templating import TemplateError
 from datamailer_workers.deps import WorkerDeps
@@ -41,24 +39,6 @@ logger = logging.getLogger("datamailer.workers.campaign")
 
 STREAM: Final = "campaign"
 SENDER_NOT_CONFIGURED: Final = "sender_not_configured"
-
-
-def campaign_content(deps: WorkerDeps, found: SendingCampaign) -> CampaignContent:
-    """Raises ValidationFailed when the campaign's sender is no longer configured."""
-    campaign = found.campaign
-    sender = resolve_sender(found.client, campaign.sender_id, None)
-    return CampaignContent(
-        campaign_id=campaign.id,
-        client_slug=found.client.slug,
-        from_address=sender.address,
-        display_name=sender.display_name or None,
-        subject=campaign.subject,
-        html_body=campaign.html_body,
-        text_body=campaign.text_body,
-        public_base_url=deps.settings.tracking.public_base_url,
-        secret_key=deps.settings.security.secret_key.get_secret_value(),
-        list_unsubscribe_mailto=deps.settings.tracking.list_unsubscribe_mailto,
-    )
 
 
 def _tokens(secret_key: str, n: int) -> list[TokenPair]:
@@ -206,7 +186,7 @@ async def handle_campaign_email(msg: CampaignEmailV1, deps: WorkerDeps) -> None:
         logger.info("campaign not sending", extra={**log, "status": found and found.campaign.status})
         return
     try:
-        content: CampaignContent | None = campaign_content(deps, found)
+        content: CampaignContent | None = campaign_content(found.campaign, found.client, deps.settings)
     except ValidationFailed:
         content = None  # every claimed recipient fails with `sender_not_configured`
     ids = list(dict.fromkeys(msg.campaign_recipient_ids))
