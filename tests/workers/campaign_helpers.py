@@ -16,6 +16,7 @@ from sqlalchemy import text
 
 from datamailer_core.campaigns.settings import CampaignSettings
 from datamailer_core.models import Campaign
+from datamailer_core.models.campaigns import COUNTERS
 from datamailer_core.repositories import campaigns
 from datamailer_workers import campaign_jobs
 from datamailer_workers.deps import WorkerDeps
@@ -140,26 +141,10 @@ async def recipient_rows(deps: WorkerDeps, campaign_id: int) -> list[Any]:
         return list(rows.all())
 
 
-COUNTER_COLUMNS = (
-    "recipient_count",
-    "sent_count",
-    "skipped_count",
-    "failed_count",
-    "delivered_count",
-    "open_count",
-    "unique_open_count",
-    "click_count",
-    "unique_click_count",
-    "unsubscribe_count",
-    "bounce_count",
-    "complaint_count",
-)
-
-
 async def counters_and_recount(deps: WorkerDeps, campaign_id: int) -> tuple[dict[str, int], dict[str, int]]:
     """The campaign's counters as kept while sending, then as recomputed from the rows."""
     kept = await load_campaign(deps, campaign_id)
-    before = {name: getattr(kept, name) for name in COUNTER_COLUMNS}
+    before = {name: getattr(kept, name) for name in COUNTERS}
     async with deps.sessionmaker() as session, session.begin():
         after = await campaigns.recompute_counters(session, campaign_id)
     return before, after

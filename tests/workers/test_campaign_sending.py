@@ -4,12 +4,13 @@ the rendered message and the counters."""
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from datamailer_core.campaigns.message import click_target_is_genuine
 from datamailer_core.campaigns.settings import CampaignSettings
@@ -314,9 +315,11 @@ PAUSE_FEED = CampaignSettings(CAMPAIGN_BATCH_SIZE=10, CAMPAIGN_MAX_BATCHES_IN_FL
 CONCURRENCY = 2
 
 
-async def test_pause_stops_new_ses_calls_beyond_the_parts_in_flight_and_resume_sends_the_rest_once(
-    fast: WorkerDeps, tenant: Tenant, aws_endpoint: str
-) -> None:
+async def interrupt_mid_send(
+    fast: WorkerDeps, tenant: Tenant, action: Callable[[AsyncSession, Campaign], Awaitable[None]]
+) -> tuple[WorkerDeps, RecordingSes, Campaign, list[float]]:
+    """Send a 300-recipient campaign, apply `action` once 40 are sent, let the workers
+    run 2 s more; returns the SES calls that started after the action committed."""
     await add_groups(fast, tenant, {"all": Group(300)})
     campaign = await new_campaign(fast, tenant)
     ses = RecordingSes(fast.sesv2, delay=0.02)
@@ -325,10 +328,16 @@ async def test_pause_stops_new_ses_calls_beyond_the_parts_in_flight_and_resume_s
     async with running(deps, feed=PAUSE_FEED, concurrency=CONCURRENCY):
         await wait_until(lambda: _at_least(deps, campaign.id, 40))
         async with deps.sessionmaker() as session, session.begin():
-            await campaigns.pause(session, await load_campaign(deps, campaign.id))
-        paused_at = time.monotonic()
+            await action(session, await load_campaign(deps, campaign.id))
+        acted_at = time.monotonic()
         await asyncio.sleep(2)
-    after_pause = [t for t in ses.started if t > paused_at]
+    return deps, ses, campaign, [t for t in ses.started if t > acted_at]
+
+
+async def test_pause_stops_new_ses_calls_beyond_the_parts_in_flight_and_resume_sends_the_rest_once(
+    fast: WorkerDeps, tenant: Tenant, aws_endpoint: str
+) -> None:
+    deps, ses, campaign, after_pause = await interrupt_mid_send(fast, tenant, campaigns.pause)
     # At most the parts already claimed: one part (≤ batch size) per concurrent record.
     assert len(after_pause) <= CONCURRENCY * PAUSE_FEED.batch_size
     sent_while_paused = await sent_count(deps, campaign.id)
@@ -361,18 +370,11 @@ async def _at_least(deps: WorkerDeps, campaign_id: int, n: int) -> bool:
 async def test_cancel_during_the_send_sends_nothing_more(
     fast: WorkerDeps, tenant: Tenant, aws_endpoint: str
 ) -> None:
-    await add_groups(fast, tenant, {"all": Group(300)})
-    campaign = await new_campaign(fast, tenant)
-    ses = RecordingSes(fast.sesv2, delay=0.02)
-    deps = with_ses(fast, ses)
-    await queue(deps, campaign.id)
-    async with running(deps, feed=PAUSE_FEED, concurrency=CONCURRENCY):
-        await wait_until(lambda: _at_least(deps, campaign.id, 40))
-        async with deps.sessionmaker() as session, session.begin():
-            await campaigns.cancel(session, await load_campaign(deps, campaign.id), skip_now=10_000)
-        cancelled_at = time.monotonic()
-        await asyncio.sleep(2)
-    assert len([t for t in ses.started if t > cancelled_at]) <= CONCURRENCY * PAUSE_FEED.batch_size
+    async def cancel(session: AsyncSession, campaign: Campaign) -> None:
+        await campaigns.cancel(session, campaign, skip_now=10_000)
+
+    deps, ses, campaign, after_cancel = await interrupt_mid_send(fast, tenant, cancel)
+    assert len(after_cancel) <= CONCURRENCY * PAUSE_FEED.batch_size
     rows = await recipient_rows(deps, campaign.id)
     statuses = {(row.status, row.skip_reason) for row in rows}
     assert statuses <= {("sent", None), ("skipped", "campaign_cancelled")}
