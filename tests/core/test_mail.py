@@ -135,3 +135,27 @@ def test_unsafe_or_incomplete_messages_are_refused(overrides: dict[str, Any], re
     with pytest.raises(InvalidMessage) as caught:
         build_ses_request(mail(**overrides))
     assert caught.value.reason == reason
+
+
+def test_raw_mime_encodes_non_ascii_subjects_names_and_bodies_and_parses_back() -> None:
+    request = build_ses_request(
+        OutgoingEmail(
+            from_address="news@example.com",
+            display_name="Zoë Ünïcode",
+            to=["ada@example.com"],
+            subject="Grüße, " + "long words " * 100,
+            html_body="<p>Ça va? 😀</p>",
+            text_body="Ça va? 😀\nline two",
+            headers={"List-Unsubscribe": "<https://t.example.com/unsubscribe/abc>", "X-Note": "héllo"},
+        )
+    )
+    raw = request["Content"]["Raw"]["Data"]
+    assert raw.isascii()
+    assert all(len(line) <= 998 for line in raw.split(b"\r\n"))
+    parsed = email.message_from_bytes(raw, policy=email.policy.default)
+    assert parsed["Subject"] == "Grüße, " + ("long words " * 100).strip()
+    assert parsed["From"].addresses[0].display_name == "Zoë Ünïcode"
+    assert parsed["X-Note"] == "héllo"
+    assert parsed["List-Unsubscribe"] == "<https://t.example.com/unsubscribe/abc>"
+    assert parsed.get_body(("html",)).get_content() == "<p>Ça va? 😀</p>"
+    assert parsed.get_body(("plain",)).get_content().replace("\r\n", "\n") == "Ça va? 😀\nline two"

@@ -1,18 +1,19 @@
 """Building the outgoing message for SES v2 `SendEmail`.
 
 `Simple` content when the message is only From/To/Subject/bodies/Reply-To; `Raw` MIME
-(stdlib `email`) when custom headers, Cc or Bcc are present. Everything that becomes a
+(written here, see `_raw_mime`) when custom headers, Cc or Bcc are present. Everything that becomes a
 header is checked here, whatever the caller validated before: no CR/LF/NUL in any header,
 one address per address field, reserved header names refused. Campaign sending reuses
 this with `List-Unsubscribe`/`List-Unsubscribe-Post` in `headers`.
 """
 
+import base64
 import re
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from email.header import Header
 from email.headerregistry import Address
-from email.message import EmailMessage
-from email.policy import SMTP
 from email.utils import formataddr, formatdate, parseaddr
 from typing import Any
 
@@ -41,6 +42,7 @@ MAX_HEADER_VALUE = 998
 # SES message tag names and values: ASCII letters, digits, `_` and `-`, at most 256.
 _TAG_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 _LINE_BREAKS = re.compile(r"[\r\n\0]+")
+CRLF = "\r\n"
 
 
 class InvalidMessage(DatamailerError):
@@ -118,6 +120,24 @@ def tag_value(value: object) -> str:
     return _TAG_UNSAFE.sub("_", str(value))[:256] or "_"
 
 
+def _header(name: str, value: str) -> str:
+    """`Name: value`, RFC 2047-encoded (and folded) when the value is not plain ASCII or
+    the line would be too long. Values never hold CR/LF here (checked before)."""
+    if value.isascii() and len(name) + len(value) < 900:
+        return f"{name}: {value}"
+    return f"{name}: {Header(value, 'utf-8', header_name=name).encode(linesep=CRLF)}"
+
+
+def _part(subtype: str, body: str) -> list[str]:
+    encoded = base64.encodebytes(body.encode("utf-8")).decode("ascii").replace("\n", CRLF)
+    return [
+        f'Content-Type: text/{subtype}; charset="utf-8"',
+        "Content-Transfer-Encoding: base64",
+        "",
+        encoded,
+    ]
+
+
 def _raw_mime(
     sender: str,
     to: list[Address],
@@ -127,24 +147,30 @@ def _raw_mime(
     email: OutgoingEmail,
     headers: list[tuple[str, str]],
 ) -> bytes:
-    msg = EmailMessage(policy=SMTP)
-    msg["From"] = sender
-    msg["To"] = ", ".join(_mailbox(a) for a in to)
+    """The MIME message, written directly (the stdlib `EmailMessage` takes ~1.5 ms per
+    message, too slow for campaign volumes): ASCII headers, base64 UTF-8 bodies, one
+    `multipart/alternative` when there are both bodies."""
+    lines = [_header("From", sender), _header("To", ", ".join(_mailbox(a) for a in to))]
     if cc:
-        msg["Cc"] = ", ".join(_mailbox(a) for a in cc)
+        lines.append(_header("Cc", ", ".join(_mailbox(a) for a in cc)))
     if reply_to:
-        msg["Reply-To"] = ", ".join(_mailbox(a) for a in reply_to)
-    msg["Subject"] = subject
-    msg["Date"] = formatdate(localtime=False, usegmt=True)
-    for name, value in headers:
-        msg[name] = value
-    if email.text_body is not None:
-        msg.set_content(email.text_body, subtype="plain", charset="utf-8")
-        if email.html_body is not None:
-            msg.add_alternative(email.html_body, subtype="html", charset="utf-8")
+        lines.append(_header("Reply-To", ", ".join(_mailbox(a) for a in reply_to)))
+    lines.append(_header("Subject", subject))
+    lines.append(f"Date: {formatdate(localtime=False, usegmt=True)}")
+    lines.append("MIME-Version: 1.0")
+    lines.extend(_header(name, value) for name, value in headers)
+    parts = [("plain", email.text_body), ("html", email.html_body)]
+    bodies = [(subtype, body) for subtype, body in parts if body is not None]
+    if len(bodies) == 1:
+        lines.extend(_part(*bodies[0]))
     else:
-        msg.set_content(email.html_body or "", subtype="html", charset="utf-8")
-    return msg.as_bytes()
+        boundary = f"=_dm_{secrets.token_hex(16)}"
+        lines.extend([f'Content-Type: multipart/alternative; boundary="{boundary}"', ""])
+        for subtype, body in bodies:
+            lines.append(f"--{boundary}")
+            lines.extend(_part(subtype, body))
+        lines.append(f"--{boundary}--")
+    return CRLF.join(lines).encode("ascii") + CRLF.encode()
 
 
 def build_ses_request(

@@ -96,7 +96,9 @@ def chunk_statement(*, include: bool, exclude: bool, category: bool) -> TextClau
             SELECT CAST(:campaign_id AS bigint), c.id, c.email,
                    CASE WHEN r.reason IS NULL THEN 'pending' ELSE 'skipped' END, r.reason
             {INTENDED_RECIPIENTS_FROM}
-            CROSS JOIN LATERAL (SELECT {reason} AS reason) r
+            -- OFFSET 0 keeps `r` a subquery: inlined, the CASE (and its category EXISTS)
+            -- would be computed twice per row, for `status` and for `skip_reason`.
+            CROSS JOIN LATERAL (SELECT {reason} AS reason OFFSET 0) r
             {INTENDED_RECIPIENTS_WHERE}
               AND s.contact_id > :after AND s.contact_id <= :upper
               {_INCLUDE if include else ""}
