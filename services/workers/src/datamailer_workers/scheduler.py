@@ -123,18 +123,22 @@ async def run_once(deps: WorkerDeps, jobs: Sequence[PeriodicJob]) -> dict[str, i
 
 
 async def run_scheduler(deps: WorkerDeps, jobs: Sequence[PeriodicJob], stop: asyncio.Event) -> None:
-    """Each job on its own cadence until `stop` is set; a run in progress finishes."""
+    """Each job on its own cadence until `stop` is set; a run in progress finishes. A
+    run that found work is followed by the next at once (a backlog, a campaign being
+    fed); the interval is the pause between idle runs."""
 
     async def forever(job: PeriodicJob) -> None:
         while not stop.is_set():
+            count = 0
             try:
                 count = await job.run(deps)
                 if count:
                     logger.info("job %s acted on %d rows", job.name, count)
             except Exception:
                 logger.exception("job %s failed", job.name)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), job.interval)
+            if count <= 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), job.interval)
 
     await asyncio.gather(*(forever(job) for job in jobs))
 

@@ -13,7 +13,7 @@ class CampaignSettings(BaseSettings):
     # Batches handed to the queue and not yet worked off, per campaign: the queue depth a
     # campaign can cause, whatever its size, and the most a pause lets through.
     max_batches_in_flight: int = Field(
-        default=40, ge=1, le=10_000, validation_alias="CAMPAIGN_MAX_BATCHES_IN_FLIGHT"
+        default=100, ge=1, le=10_000, validation_alias="CAMPAIGN_MAX_BATCHES_IN_FLIGHT"
     )
     # Contact ids per snapshot statement: one short transaction each.
     snapshot_chunk: int = Field(default=50_000, ge=1, validation_alias="CAMPAIGN_SNAPSHOT_CHUNK")
