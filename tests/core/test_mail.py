@@ -157,5 +157,8 @@ def test_raw_mime_encodes_non_ascii_subjects_names_and_bodies_and_parses_back() 
     assert parsed["From"].addresses[0].display_name == "Zoë Ünïcode"
     assert parsed["X-Note"] == "héllo"
     assert parsed["List-Unsubscribe"] == "<https://t.example.com/unsubscribe/abc>"
-    assert parsed.get_body(("html",)).get_content() == "<p>Ça va? 😀</p>"
-    assert parsed.get_body(("plain",)).get_content().replace("\r\n", "\n") == "Ça va? 😀\nline two"
+    html, plain = parsed.get_body(("html",)), parsed.get_body(("plain",))
+    assert html is not None
+    assert plain is not None
+    assert html.get_content() == "<p>Ça va? 😀</p>"
+    assert plain.get_content().replace("\r\n", "\n") == "Ça va? 😀\nline two"
