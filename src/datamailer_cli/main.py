@@ -11,12 +11,10 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-import uvicorn
 from pydantic import ValidationError
 
 from datamailer_cli import campaigns as campaign_ops
 from datamailer_cli import ops
-from datamailer_cli.up import LocalStack
 from datamailer_core.errors import DatamailerError
 from datamailer_core.logging import configure_logging
 from datamailer_core.settings import Settings
@@ -81,6 +79,8 @@ def migrate(revision: Annotated[str, typer.Argument(help="Target revision.")] = 
 
 
 def _serve(target: str, host: str, port: int, workers: int) -> None:
+    import uvicorn  # here, not at the top: a worker process never pays for it
+
     cfg = settings()
     uvicorn.run(
         target,
@@ -240,6 +240,8 @@ def up(
     aws_port: Annotated[int, typer.Option(help="Local AWS endpoint (moto) port.")] = 4566,
 ) -> None:
     """Start the whole system on embedded defaults until Ctrl-C."""
+    from datamailer_cli.up import LocalStack  # moto and the launchers: only `up` needs them
+
     stack = LocalStack(
         data_dir=data_dir.resolve(),
         api_port=api_port,

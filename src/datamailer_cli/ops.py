@@ -4,9 +4,8 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from datamailer_core.aws import aws_client, aws_session
@@ -16,6 +15,9 @@ from datamailer_core.repositories import scope
 from datamailer_core.security import IssuedKey
 from datamailer_core.senders import validate_senders
 from datamailer_core.settings import Settings
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 QUEUE_ENV = {
@@ -27,7 +29,9 @@ QUEUE_ENV = {
 VISIBILITY_TIMEOUT_SECONDS = 60
 
 
-def alembic_config(database_url: str) -> Config:
+def alembic_config(database_url: str) -> "Config":
+    from alembic.config import Config  # alembic is imported by the commands that migrate only
+
     ini = Path("alembic.ini") if Path("alembic.ini").exists() else REPO_ROOT / "alembic.ini"
     cfg = Config(str(ini))
     cfg.set_main_option("script_location", str(ini.parent / "migrations"))
@@ -36,6 +40,8 @@ def alembic_config(database_url: str) -> Config:
 
 
 def migrate(settings: Settings, revision: str = "head") -> None:
+    from alembic import command
+
     command.upgrade(alembic_config(settings.database.url), revision)
 
 
