@@ -37,6 +37,8 @@ async def in_transaction(deps: WorkerDeps, work: Callable[[AsyncSession], Awaita
 
 async def adapt_rate(deps: WorkerDeps, permit: Permit, *, throttled: bool) -> None:
     # The send's outcome stands whatever happens here.
+    if not throttled and permit.rate >= deps.rate_limiter.max_rate:
+        return  # granted at the maximum already: nothing to recover
     try:
         if throttled:
             await deps.rate_limiter.throttled(permit)
