@@ -1,4 +1,4 @@
-"""Campaign progress: snapshot start, cursor and target, enqueue cursor and batch count; the
+"""Campaign progress: snapshot start, cursor and target, enqueue cursor, floor and batch count; the
 recipients' (campaign, status) index gains `id` for keyset paging and the enqueue feed; a
 partial index finds recipients whose sending lease expired.
 
@@ -27,6 +27,10 @@ def upgrade() -> None:
     op.add_column(
         "campaigns",
         sa.Column("enqueue_cursor", sa.BigInteger(), server_default=sa.text("0"), nullable=False),
+    )
+    op.add_column(
+        "campaigns",
+        sa.Column("enqueue_floor", sa.BigInteger(), server_default=sa.text("0"), nullable=False),
     )
     op.add_column(
         "campaigns", sa.Column("batch_count", sa.Integer(), server_default=sa.text("0"), nullable=False)
@@ -63,6 +67,7 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_campaign_recipients_campaign_id_status_id"), table_name="campaign_recipients")
     op.drop_column("campaigns", "last_enqueued_at")
     op.drop_column("campaigns", "batch_count")
+    op.drop_column("campaigns", "enqueue_floor")
     op.drop_column("campaigns", "enqueue_cursor")
     op.drop_column("campaigns", "snapshot_completed_at")
     op.drop_column("campaigns", "snapshot_target")

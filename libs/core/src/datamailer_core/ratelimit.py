@@ -49,11 +49,16 @@ _RESERVE = text(
     f"UPDATE send_rate_state SET tokens = {_AVAILABLE} - {_N}, rate = {_RATE}, "
     "updated_at = clock_timestamp() WHERE key = :key RETURNING tokens, rate"
 )
-# Take if available: lock the row and look, then write, in one short transaction.
-_LOOK = text(
-    f"SELECT {_AVAILABLE} AS available, {_RATE} AS rate FROM send_rate_state WHERE key = :key FOR UPDATE"
+# Take if available, in one statement (the row lock never spans a round trip): the
+# subquery locks and reads the bucket, the update writes it refilled, less `n` if there.
+_TRY_TAKE = text(
+    "UPDATE send_rate_state s "
+    f"SET tokens = c.available - CASE WHEN c.available >= {_N} THEN {_N} ELSE 0 END, "
+    "rate = c.rate, updated_at = c.now "
+    f"FROM (SELECT key, clock_timestamp() AS now, {_AVAILABLE} AS available, {_RATE} AS rate "
+    "FROM send_rate_state WHERE key = :key FOR UPDATE) c "
+    "WHERE s.key = c.key RETURNING c.available, c.rate"
 )
-_TAKE = _RESERVE
 _THROTTLED = text(
     f"UPDATE send_rate_state SET rate = GREATEST({_MIN}, LEAST(rate, {_OBSERVED} * {DECREASE_FACTOR})), "
     "tokens = LEAST(tokens, 0) WHERE key = :key RETURNING rate"
@@ -152,14 +157,12 @@ class SendRateLimiter:
         trying again when not taken, rate)."""
         for _ in range(2):
             async with self.sessionmaker() as session, session.begin():
-                row = (await session.execute(_LOOK, self._params())).one_or_none()
+                row = (await session.execute(_TRY_TAKE, self._params(n=float(n)))).one_or_none()
                 if row is None:
                     await self._ensure_row(session)
                     continue
-                available, rate = float(row.available), float(row.rate)
-                taken = available >= n
-                if taken:
-                    await session.execute(_TAKE, self._params(n=float(n)))
+            available, rate = float(row.available), float(row.rate)
+            taken = available >= n
             self._observe(rate)
             return (taken, 0.0 if taken else (n - available) / rate, rate)
         raise RuntimeError("send_rate_state row could not be created")  # pragma: no cover

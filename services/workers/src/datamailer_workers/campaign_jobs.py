@@ -122,6 +122,8 @@ async def feed_campaign(
                 await campaigns.return_feed(session, feed)
             return 0
         return feed.recipient_count
+    if not feed.exhausted:
+        return 0  # the in-flight bound is reached: wait for the workers
     async with sessionmaker() as session, session.begin():
         if not await campaigns.finish_if_done(session, campaign_id):
             return 0

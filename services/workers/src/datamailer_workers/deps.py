@@ -47,7 +47,8 @@ def new_worker_id() -> str:
 @asynccontextmanager
 async def open_deps(settings: Settings, *, metrics: Metrics | None = None) -> AsyncIterator[WorkerDeps]:
     """Engine, SQS and SES v2 clients for the lifetime of the context (one per process)."""
-    engine = create_engine(settings.database)
+    # Records worked at once per queue, plus the rate limiter's and the poller's own.
+    engine = create_engine(settings.database, min_pool_size=settings.delivery.worker_concurrency + 2)
     sessionmaker = create_sessionmaker(engine)
     metrics = metrics or Metrics()
     try:

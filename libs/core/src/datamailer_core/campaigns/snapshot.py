@@ -198,6 +198,10 @@ async def snapshot_step(
     if done:
         values.update(snapshot_completed_at=func.now(), status="sending")
     await session.execute(update(Campaign).where(Campaign.id == campaign.id).values(**values))
+    if done:
+        # Fresh statistics before the send's queries plan against the new rows
+        # (autoanalyze may be minutes away; ANALYZE samples, it does not read all).
+        await session.execute(text("ANALYZE campaign_recipients"))
     return SnapshotStep(campaign.id, inserted, skipped, upper, target, done)
 
 

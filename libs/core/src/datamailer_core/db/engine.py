@@ -7,12 +7,16 @@ from sqlalchemy.pool import NullPool
 from datamailer_core.settings import DatabaseSettings
 
 
-def create_engine(settings: DatabaseSettings, *, null_pool: bool = False) -> AsyncEngine:
+def create_engine(
+    settings: DatabaseSettings, *, null_pool: bool = False, min_pool_size: int = 0
+) -> AsyncEngine:
+    """`min_pool_size`: a process that runs N units of work at once keeps at least that
+    many connections (else every extra one is opened and closed again per use)."""
     if null_pool:
         return create_async_engine(settings.url, poolclass=NullPool)
     return create_async_engine(
         settings.url,
-        pool_size=settings.pool_size,
+        pool_size=max(settings.pool_size, min_pool_size),
         max_overflow=settings.max_overflow,
         pool_pre_ping=True,
         pool_timeout=settings.pool_timeout,

@@ -101,6 +101,9 @@ class Campaign(EagerDefaults, TimestampMixin, Base):
     # Progressive enqueue: recipients with an id up to `enqueue_cursor` were handed to the
     # queue; `batch_count` batches were published, the last at `last_enqueued_at`.
     enqueue_cursor: Mapped[int] = counter(big=True)
+    # No recipient at or below this id is still in flight: the in-flight count scans the
+    # index from here, never over the (dead) entries of everything already sent.
+    enqueue_floor: Mapped[int] = counter(big=True)
     batch_count: Mapped[int] = counter()
     last_enqueued_at: Mapped[datetime | None]
 

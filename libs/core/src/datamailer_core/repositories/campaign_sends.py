@@ -78,7 +78,10 @@ def _claim_statement(category: bool) -> Any:
             FROM unnest(CAST(:ids AS bigint[]), CAST(:tracking AS text[]), CAST(:unsubscribe AS text[]))
                  AS t(id, tracking_hash, unsubscribe_hash)
             JOIN campaign_recipients r ON r.id = t.id
-            WHERE r.campaign_id = :campaign_id AND r.status = 'pending'
+            -- `= ANY` lets the primary key drive the lookup whatever the statistics say
+            -- about a campaign's fresh rows (else: a scan of every pending row).
+            WHERE r.id = ANY(CAST(:ids AS bigint[]))
+              AND r.campaign_id = :campaign_id AND r.status = 'pending'
               AND EXISTS (SELECT 1 FROM campaigns WHERE id = :campaign_id AND status = 'sending')
             FOR UPDATE OF r SKIP LOCKED
         ), checked AS (

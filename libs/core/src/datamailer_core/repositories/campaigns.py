@@ -157,7 +157,13 @@ async def resume_campaign(session: AsyncSession, campaign_id: int) -> bool:
         else_="snapshotting",
     )
     return await _transition(
-        session, campaign_id, ("paused",), status=status, enqueue_cursor=0, last_enqueued_at=None
+        session,
+        campaign_id,
+        ("paused",),
+        status=status,
+        enqueue_cursor=0,
+        enqueue_floor=0,
+        last_enqueued_at=None,
     )
 
 
@@ -244,6 +250,7 @@ async def retry_failed(session: AsyncSession, campaign_id: int) -> int:
     values: dict[str, Any] = {
         "failed_count": func.greatest(_c.failed_count - reset, 0),
         "enqueue_cursor": 0,
+        "enqueue_floor": 0,
         "last_enqueued_at": None,
     }
     if reset and status in ("sent", "failed"):
@@ -277,12 +284,14 @@ async def campaigns_in(session: AsyncSession, statuses: Sequence[str]) -> list[i
 @dataclass(frozen=True)
 class Feed:
     """Batches taken from a campaign in one short transaction, to publish after it
-    commits. `previous_cursor` lets a failed publish hand the recipients back."""
+    commits. `previous_cursor` lets a failed publish hand the recipients back;
+    `exhausted`: there was room in flight and nothing left to feed."""
 
     campaign_id: int
     messages: list[CampaignEmailV1]
     previous_cursor: int
     cursor: int
+    exhausted: bool = False
 
     @property
     def recipient_count(self) -> int:
@@ -300,13 +309,21 @@ async def take_feed(
     """The next pending recipients of a `sending` campaign, as many batches as the
     in-flight bound leaves room for, and the feed cursor moved past them.
 
-    In flight = recipients at or below the cursor still `pending` or `sending`. When
-    nothing was fed for `refeed_after_seconds` while some are still in flight, their
-    messages are assumed lost and the cursor restarts from the first one. None when the
-    campaign is not `sending` (paused, cancelled...) or is locked by another feeder."""
+    In flight = recipients at or below the cursor still `pending` or `sending`, counted
+    from the floor (below which none is) so the count never walks the index entries of
+    everything already sent. When nothing was fed for `refeed_after_seconds` while some
+    are still in flight, their messages are assumed lost and the feed restarts from the
+    first one. None when the campaign is not `sending` (paused, cancelled...) or is
+    locked by another feeder."""
     row = (
         await session.execute(
-            select(_c.enqueue_cursor, _c.batch_count, _c.last_enqueued_at, func.now().label("now"))
+            select(
+                _c.enqueue_cursor,
+                _c.enqueue_floor,
+                _c.batch_count,
+                _c.last_enqueued_at,
+                func.now().label("now"),
+            )
             .where(_c.id == campaign_id, _c.status == "sending")
             .with_for_update(skip_locked=True)
         )
@@ -314,11 +331,13 @@ async def take_feed(
     if row is None:
         return None
     cursor, batches = row.enqueue_cursor, row.batch_count
-    in_flight = await _in_flight(session, campaign_id, cursor)
+    floor, in_flight = await _in_flight(session, campaign_id, row.enqueue_floor, cursor)
     if in_flight and _stale(row.last_enqueued_at, row.now, refeed_after_seconds):
-        cursor, in_flight = 0, 0
+        cursor, floor, in_flight = 0, 0, 0
     room = max_batches_in_flight * batch_size - in_flight
+    values: dict[str, Any] = {"enqueue_floor": floor}
     if room < batch_size:
+        await session.execute(update(_c).where(_c.id == campaign_id).values(**values))
         return Feed(campaign_id, [], row.enqueue_cursor, row.enqueue_cursor)
     ids = list(
         (
@@ -331,9 +350,8 @@ async def take_feed(
         ).all()
     )
     if not ids:
-        if cursor != row.enqueue_cursor:
-            await session.execute(update(_c).where(_c.id == campaign_id).values(enqueue_cursor=cursor))
-        return Feed(campaign_id, [], row.enqueue_cursor, cursor)
+        await session.execute(update(_c).where(_c.id == campaign_id).values(enqueue_cursor=cursor, **values))
+        return Feed(campaign_id, [], row.enqueue_cursor, cursor, exhausted=True)
     messages = [
         CampaignEmailV1(
             campaign_id=campaign_id,
@@ -345,20 +363,31 @@ async def take_feed(
     await session.execute(
         update(_c)
         .where(_c.id == campaign_id)
-        .values(enqueue_cursor=ids[-1], batch_count=batches + len(messages), last_enqueued_at=func.now())
+        .values(
+            enqueue_cursor=ids[-1],
+            batch_count=batches + len(messages),
+            last_enqueued_at=func.now(),
+            **values,
+        )
     )
     return Feed(campaign_id, messages, row.enqueue_cursor, ids[-1])
 
 
-async def _in_flight(session: AsyncSession, campaign_id: int, cursor: int) -> int:
-    if cursor == 0:
-        return 0
-    count = await session.scalar(
-        select(func.count())
-        .select_from(_r)
-        .where(_r.campaign_id == campaign_id, _r.status.in_(UNFINISHED_RECIPIENT_STATUSES), _r.id <= cursor)
+async def _in_flight(session: AsyncSession, campaign_id: int, floor: int, cursor: int) -> tuple[int, int]:
+    """(new floor, recipients in flight): the floor moves up to just below the first
+    recipient in (floor, cursor] still pending or sending (to the cursor when none)."""
+    if cursor <= floor:
+        return cursor, 0
+    unfinished = (
+        _r.campaign_id == campaign_id,
+        _r.status.in_(UNFINISHED_RECIPIENT_STATUSES),
+        _r.id <= cursor,
     )
-    return int(count or 0)
+    first = await session.scalar(select(func.min(_r.id)).where(*unfinished, _r.id > floor))
+    if first is None:
+        return cursor, 0
+    count = await session.scalar(select(func.count()).select_from(_r).where(*unfinished, _r.id >= first))
+    return int(first) - 1, int(count or 0)
 
 
 def _stale(last_enqueued_at: datetime | None, now: datetime, after_seconds: float) -> bool:

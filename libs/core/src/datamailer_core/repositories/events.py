@@ -43,7 +43,8 @@ async def append_events(session: AsyncSession, events: Sequence[NewEvent]) -> No
         }
         for e in events
     ]
-    await session.execute(insert(EmailEvent), rows)
+    # A multi-row VALUES, not executemany: one statement and one round trip.
+    await session.execute(insert(EmailEvent).values(rows))
 
 
 async def append_event(session: AsyncSession, event_type: str, **fields: Any) -> None:
