@@ -8,7 +8,7 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -64,7 +64,7 @@ def prepare_tenant(env: dict[str, str]) -> str:
     saved = dict(os.environ)
     os.environ.update(env)
     try:
-        settings = Settings(_env_file=None)  # type: ignore[call-arg]
+        settings = Settings(_env_file=None)
         ops.migrate(settings)
         asyncio.run(ops.provision(settings, "bench", "news", "app"))
         return asyncio.run(ops.create_key(settings, "app", f"bench-{secrets.token_hex(3)}")).raw
@@ -100,7 +100,7 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def report(name: str, rows: list[tuple[str, str]], data: dict[str, object]) -> None:
+def report(name: str, rows: list[tuple[str, str]], data: Mapping[str, object]) -> None:
     width = max(len(k) for k, _ in rows)
     print(f"\n{name}")  # noqa: T201
     for key, value in rows:
