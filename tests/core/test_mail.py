@@ -162,3 +162,11 @@ def test_raw_mime_encodes_non_ascii_subjects_names_and_bodies_and_parses_back() 
     assert plain is not None
     assert html.get_content() == "<p>Ça va? 😀</p>"
     assert plain.get_content().replace("\r\n", "\n") == "Ça va? 😀\nline two"
+
+
+@pytest.mark.parametrize(
+    "to", ["ada@example.com\n", "ada@example.com\r\nBcc: x@y.com", "ada@example.com, b@c.com"]
+)
+def test_recipient_addresses_with_line_breaks_or_lists_are_refused(to: str) -> None:
+    with pytest.raises(InvalidMessage):
+        build_ses_request(OutgoingEmail(from_address="news@example.com", to=[to], subject="s", text_body="x"))

@@ -4,10 +4,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import Table, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from datamailer_core.models import EmailEvent
+
+_EVENTS: Table = EmailEvent.__table__  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -38,13 +40,14 @@ async def append_events(session: AsyncSession, events: Sequence[NewEvent]) -> No
             "campaign_recipient_id": e.campaign_recipient_id,
             "transactional_message_id": e.transactional_message_id,
             "url": e.url,
-            "metadata_": e.metadata,
+            "metadata": e.metadata,
             "provider_event_id": e.provider_event_id,
         }
         for e in events
     ]
-    # A multi-row VALUES, not executemany: one statement and one round trip.
-    await session.execute(insert(EmailEvent).values(rows))
+    # A multi-row VALUES on the table (not executemany, not the ORM's per-row bulk path):
+    # one statement and one round trip.
+    await session.execute(insert(_EVENTS).values(rows))
 
 
 async def append_event(session: AsyncSession, event_type: str, **fields: Any) -> None:
