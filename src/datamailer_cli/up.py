@@ -63,6 +63,7 @@ class LocalStack:
             os.environ.update(env)
             key = asyncio.run(self._prepare(Settings(), env))
             self._start_services(env)
+            self._write_operator_env(env)
             self._banner(key)
             return self._supervise()
         except LocalPostgresError as exc:
@@ -146,6 +147,21 @@ class LocalStack:
         _wait_http(f"http://127.0.0.1:{self.api_port}/health", "API")
         _wait_http(f"http://127.0.0.1:{self.tracking_port}/health", "tracking")
 
+    def _write_operator_env(self, env: dict[str, str]) -> None:
+        """The running stack's connection settings, for operator commands in another
+        shell (`set -a; . .datamailer/env; set +a; datamailer campaigns status 1`)."""
+        names = (
+            "DATABASE_URL",
+            "AWS_ENDPOINT_URL",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_REGION",
+        )
+        lines = [f"{name}={env[name]}" for name in (*names, *ops.QUEUE_ENV.values()) if env.get(name)]
+        path = self.data_dir / "env"
+        path.touch(mode=0o600)
+        path.write_text("\n".join(lines) + "\n")
+
     def _banner(self, key: str | None) -> None:
         say("")
         say(
@@ -157,6 +173,7 @@ class LocalStack:
         say(f"Demo API key:  {key}")
         senders_url = f"localhost:{self.api_port}/api/client/senders"
         say(f'Try:           curl -H "Authorization: Bearer {key}" {senders_url}')
+        say(f"Operator CLI:  set -a; . {self.data_dir}/env; set +a; .venv/bin/datamailer campaigns status 1")
         say("Ctrl-C stops everything; data is kept for the next `make up`.")
 
     def _supervise(self) -> int:
