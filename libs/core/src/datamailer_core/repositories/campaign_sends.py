@@ -17,7 +17,7 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from datamailer_core.campaigns.snapshot import skip_reason_sql
-from datamailer_core.models import Audience, Campaign, CampaignRecipient, Client
+from datamailer_core.models import Campaign, CampaignRecipient, Client
 from datamailer_core.repositories.events import NewEvent, append_events
 from datamailer_core.settings import ExpiredLeasePolicy
 
@@ -35,19 +35,15 @@ class SendingCampaign:
 
     campaign: Campaign
     client: Client
-    audience_slug: str
 
 
 async def load_sending_campaign(session: AsyncSession, campaign_id: int) -> SendingCampaign | None:
     row = (
         await session.execute(
-            select(_c, Client, Audience.slug)
-            .join(Client, Client.id == _c.client_id)
-            .join(Audience, Audience.id == _c.audience_id)
-            .where(_c.id == campaign_id)
+            select(_c, Client).join(Client, Client.id == _c.client_id).where(_c.id == campaign_id)
         )
     ).one_or_none()
-    return None if row is None else SendingCampaign(row[0], row[1], row[2])
+    return None if row is None else SendingCampaign(row[0], row[1])
 
 
 @dataclass(frozen=True)
