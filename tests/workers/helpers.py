@@ -15,7 +15,7 @@ import httpx
 from botocore.exceptions import ClientError
 from sqlalchemy import select, text
 
-from datamailer_core.contracts import QueueName, TransactionalEmailV1, dump_message
+from datamailer_core.contracts import QueueName, dump_message
 from datamailer_core.models import EmailEvent, TransactionalMessage
 from datamailer_core.repositories import contacts, deliveries, scope, transactional
 from datamailer_core.senders import validate_senders
@@ -95,19 +95,9 @@ async def claim_and_abandon(
     assert claim.outcome == "claimed"
 
 
-def contract_for(message: TransactionalMessage) -> TransactionalEmailV1:
-    return TransactionalEmailV1(
-        transactional_message_id=message.id,
-        client_id=message.client_id,
-        idempotency_key=message.idempotency_key,
-        contact_id=message.contact_id,
-        template_key=message.template_key,
-    )
-
-
 async def publish(deps: WorkerDeps, message: TransactionalMessage, times: int = 1) -> None:
     for _ in range(times):
-        await deps.publisher.publish(contract_for(message))
+        await deps.publisher.publish(deliveries.queue_message(message))
 
 
 async def send_raw(deps: WorkerDeps, body: str, queue: QueueName = "transactional-email") -> None:
@@ -234,4 +224,4 @@ def with_ses(deps: WorkerDeps, sesv2: Any) -> WorkerDeps:
 
 
 def body_of(message: TransactionalMessage) -> str:
-    return dump_message(contract_for(message))
+    return dump_message(deliveries.queue_message(message))

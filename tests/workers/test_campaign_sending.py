@@ -248,12 +248,8 @@ async def test_the_rendered_message_has_the_pixel_signed_click_links_and_one_cli
 async def test_a_contact_who_bounces_or_unsubscribes_after_the_snapshot_is_not_sent_to(
     fast: WorkerDeps, tenant: Tenant, aws_endpoint: str
 ) -> None:
-    groups = await add_groups(fast, tenant, {"all": Group(12)})
-    campaign = await new_campaign(fast, tenant, category_tag="newsletter")
-    await queue(fast, campaign.id)
-    await snapshot_only(fast, campaign.id)
+    campaign, ids = await snapshotted(fast, tenant, 12, category_tag="newsletter")
     assert (await load_campaign(fast, campaign.id)).status == "sending"
-    ids = groups["all"]
     changes = {
         "hard_bounce": "UPDATE contacts SET hard_bounced_at = now() WHERE id = :id",
         "complaint": "UPDATE contacts SET complained_at = now() WHERE id = :id",
@@ -282,9 +278,16 @@ async def test_a_contact_who_bounces_or_unsubscribes_after_the_snapshot_is_not_s
     assert (kept["sent_count"], kept["skipped_count"]) == (6, 6)
 
 
-async def snapshot_only(deps: WorkerDeps, campaign_id: int) -> None:
-    """Snapshot a queued campaign without feeding it: its recipients stay pending."""
-    await run_snapshot(deps.sessionmaker, campaign_id)
+async def snapshotted(
+    deps: WorkerDeps, tenant: Tenant, contacts: int, **values: Any
+) -> tuple[Campaign, list[int]]:
+    """`contacts` eligible contacts and a queued, snapshotted campaign that was not fed:
+    its recipients are all pending. Returns the campaign and the contact ids."""
+    ids = (await add_groups(deps, tenant, {"all": Group(contacts)}))["all"]
+    campaign = await new_campaign(deps, tenant, **values)
+    await queue(deps, campaign.id)
+    await run_snapshot(deps.sessionmaker, campaign.id)
+    return campaign, ids
 
 
 class RecordingSes:
@@ -389,10 +392,7 @@ async def test_cancel_during_the_send_sends_nothing_more(
 async def test_a_duplicate_batch_sends_nothing_twice(
     fast: WorkerDeps, tenant: Tenant, aws_endpoint: str
 ) -> None:
-    await add_groups(fast, tenant, {"all": Group(5)})
-    campaign = await new_campaign(fast, tenant)
-    await queue(fast, campaign.id)
-    await snapshot_only(fast, campaign.id)
+    campaign, _ = await snapshotted(fast, tenant, 5)
     ids = [row.id for row in await recipient_rows(fast, campaign.id)]
     message = CampaignEmailV1(campaign_id=campaign.id, batch_id=f"campaign-{campaign.id}-batch-0001",
                               campaign_recipient_ids=tuple(ids))  # fmt: skip
@@ -409,10 +409,7 @@ async def test_a_duplicate_batch_sends_nothing_twice(
 async def test_an_expired_lease_fails_as_outcome_unknown_and_retry_failed_sends_it_once(
     fast: WorkerDeps, tenant: Tenant, aws_endpoint: str
 ) -> None:
-    await add_groups(fast, tenant, {"all": Group(4)})
-    campaign = await new_campaign(fast, tenant)
-    await queue(fast, campaign.id)
-    await snapshot_only(fast, campaign.id)
+    campaign, _ = await snapshotted(fast, tenant, 4)
     rows = await recipient_rows(fast, campaign.id)
     dead = rows[0].id
     async with fast.sessionmaker() as session, session.begin():  # a worker claimed it, then died

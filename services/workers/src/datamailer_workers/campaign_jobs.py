@@ -89,9 +89,9 @@ async def _one_pass(
         sending = await campaigns.campaigns_in(session, ("sending",))
     for campaign_id in sending:
         acted += await feed_campaign(sessionmaker, publisher, settings, campaign_id)
-    async with sessionmaker() as session:
-        still_snapshotting = await campaigns.campaigns_in(session, ("snapshotting",))
-    return acted, bool(still_snapshotting or sending)
+    # A snapshot that finished in this pass is in `sending` now; one still going, in
+    # `snapshotting`: either way there is more to do.
+    return acted, bool(snapshotting or sending)
 
 
 async def feed_campaign(

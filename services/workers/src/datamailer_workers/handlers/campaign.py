@@ -11,8 +11,7 @@ resume. A duplicate record finds its rows terminal or leased and sends nothing.
 
 import asyncio
 import logging
-from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -53,17 +52,14 @@ def _tokens(secret_key: str, n: int) -> list[TokenPair]:
     return pairs
 
 
-@dataclass(frozen=True)
-class _Built:
-    recipient: ClaimedRecipient
-    request: dict[str, object] | None = None
-    failure: tuple[str, str] | None = None
-
-
 def _build(
-    content: CampaignContent, configuration_set: str | None, recipients: list[ClaimedRecipient]
-) -> list[_Built]:
-    built = []
+    content: CampaignContent,
+    configuration_set: str | None,
+    recipients: list[ClaimedRecipient],
+    outcomes: Outcomes,
+) -> dict[int, dict[str, Any]]:
+    """SES requests by recipient id; a message that cannot be built is failed in `outcomes`."""
+    requests = {}
     tags = {"campaign_id": content.campaign_id, "client": content.client_slug}
     for recipient in recipients:
         try:
@@ -73,50 +69,38 @@ def _build(
                 tracking_token=recipient.tracking_token,
                 unsubscribe_token=recipient.unsubscribe_token,
             )
-            request = build_ses_request(email, configuration_set=configuration_set, tags=tags)
+            requests[recipient.id] = build_ses_request(email, configuration_set=configuration_set, tags=tags)
         except TemplateError as exc:
-            built.append(_Built(recipient, failure=(exc.reason, str(exc))))
+            outcomes.failed[recipient.id] = (exc.reason, str(exc))
         except InvalidMessage as exc:
-            built.append(_Built(recipient, failure=(exc.reason, exc.message)))
-        else:
-            built.append(_Built(recipient, request=request))
-    return built
+            outcomes.failed[recipient.id] = (exc.reason, exc.message)
+    return requests
 
 
-async def _send(deps: WorkerDeps, built: _Built) -> tuple[str, str | tuple[str, str | None], bool]:
-    """(outcome, detail, throttled): `sent` + message id, `failed` + (reason, detail),
-    or `retry` + error."""
-    if built.request is None:
-        assert built.failure is not None
-        return "failed", built.failure, False
+async def _send(deps: WorkerDeps, recipient_id: int, request: dict[str, Any], outcomes: Outcomes) -> bool:
+    """Send one message and record its outcome in `outcomes`; True when SES throttled."""
     try:
-        result = await send_via_ses(deps.sesv2, built.request)
+        result = await send_via_ses(deps.sesv2, request)
     except TransientSendError as exc:
-        return "retry", exc.reason, exc.throttled
+        outcomes.retry[recipient_id] = exc.reason
+        return exc.throttled
     except PermanentSendError as exc:
-        return "failed", (exc.code, exc.reason), False
-    return "sent", result.message_id, False
+        outcomes.failed[recipient_id] = (exc.code, exc.reason)
+    else:
+        outcomes.sent[recipient_id] = result.message_id
+    return False
 
 
 async def _send_part(deps: WorkerDeps, content: CampaignContent, claim: BatchClaim) -> tuple[Outcomes, bool]:
-    # Rendering is CPU work: one thread hop per part keeps the loop responsive.
-    built = await asyncio.to_thread(_build, content, deps.settings.ses.configuration_set, claim.claimed)
-    results = await asyncio.gather(*(_send(deps, b) for b in built))
     outcomes = Outcomes(sent={}, failed={}, retry={})
-    throttled = False
-    for b, (outcome, detail, was_throttled) in zip(built, results, strict=True):
-        throttled = throttled or was_throttled
-        rid = b.recipient.id
-        if outcome == "sent":
-            assert isinstance(detail, str)
-            outcomes.sent[rid] = detail
-        elif outcome == "failed":
-            assert isinstance(detail, tuple)
-            outcomes.failed[rid] = detail
-        else:
-            assert isinstance(detail, str)
-            outcomes.retry[rid] = detail
-    return outcomes, throttled
+    # Rendering is CPU work: one thread hop per part keeps the loop responsive.
+    requests = await asyncio.to_thread(
+        _build, content, deps.settings.ses.configuration_set, claim.claimed, outcomes
+    )
+    throttled = await asyncio.gather(
+        *(_send(deps, rid, request, outcomes) for rid, request in requests.items())
+    )
+    return outcomes, any(throttled)
 
 
 def part_size(deps: WorkerDeps, batch: int) -> int:
