@@ -14,6 +14,7 @@ from datamailer_core.models.events import EmailEvent
 from datamailer_core.models.rate import SendRateState
 from datamailer_core.models.scope import Audience, Client, ClientApiKey, Organization
 from datamailer_core.models.transactional import EmailTemplate, TransactionalMessage
+from datamailer_core.models.verification import SubscriptionVerification
 from datamailer_core.models.webhooks import WebhookDelivery, WebhookEndpoint
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "Organization",
     "SendRateState",
     "Subscription",
+    "SubscriptionVerification",
     "Suppression",
     "Tag",
     "TransactionalMessage",

@@ -81,6 +81,9 @@ class TransactionalMessage(EagerDefaults, LeaseMixin, TimestampMixin, Base):
     bcc: Mapped[list[str]] = jsonb_array()
     headers: Mapped[dict[str, str]] = jsonb_object()
     category_tag: Mapped[str | None] = mapped_column(Text)
+    # Hash of the unsubscribe token in the sent message's List-Unsubscribe header and
+    # link; set at claim time for a message with a category (the token is never stored).
+    unsubscribe_token_hash: Mapped[str | None] = mapped_column(Text, unique=True)
     subject: Mapped[str] = mapped_column(Text)
     html_body: Mapped[str | None] = mapped_column(Text)
     text_body: Mapped[str | None] = mapped_column(Text)
