@@ -251,6 +251,8 @@ async def test_counters_and_rates_come_from_the_rows(
         "delivered_count": 0,
         "open_count": 5,
         "unique_open_count": 4,
+        # The three with an unflagged open event; the fourth has only `first_opened_at`.
+        "unique_human_open_count": 3,
         "click_count": 2,
         "unique_click_count": 2,
         "unsubscribe_count": 1,

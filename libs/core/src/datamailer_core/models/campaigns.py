@@ -51,6 +51,7 @@ COUNTERS: Final = (
     "delivered_count",
     "open_count",
     "unique_open_count",
+    "unique_human_open_count",
     "click_count",
     "unique_click_count",
     "unsubscribe_count",
@@ -114,6 +115,9 @@ class Campaign(EagerDefaults, TimestampMixin, Base):
     delivered_count: Mapped[int] = counter(big=True)
     open_count: Mapped[int] = counter(big=True)
     unique_open_count: Mapped[int] = counter(big=True)
+    # Recipients with at least one open that no privacy proxy or scanner made
+    # (`datamailer_core.campaigns.opens`); `unique_open_count` counts every opener.
+    unique_human_open_count: Mapped[int] = counter(big=True)
     click_count: Mapped[int] = counter(big=True)
     unique_click_count: Mapped[int] = counter(big=True)
     unsubscribe_count: Mapped[int] = counter(big=True)
@@ -156,6 +160,8 @@ class CampaignRecipient(EagerDefaults, LeaseMixin, TimestampMixin, Base):
     sent_at: Mapped[datetime | None]
     delivered_at: Mapped[datetime | None]
     first_opened_at: Mapped[datetime | None]
+    # The first open not made by a privacy proxy, scanner or prefetch.
+    first_human_opened_at: Mapped[datetime | None]
     first_clicked_at: Mapped[datetime | None]
     bounced_at: Mapped[datetime | None]
     complained_at: Mapped[datetime | None]

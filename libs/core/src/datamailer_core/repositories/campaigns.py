@@ -412,8 +412,12 @@ _UNIQUE_ACTIVITY = """
      WHERE r.campaign_id = c.id
        AND (r.{column} IS NOT NULL
             OR EXISTS (SELECT 1 FROM email_events e
-                       WHERE e.campaign_recipient_id = r.id AND e.event_type = '{event}')))
+                       WHERE e.campaign_recipient_id = r.id AND e.event_type = '{event}'{also})))
 """
+# Opens a privacy proxy or scanner made carry `{"machine": true}` (repositories/tracking.py).
+_UNIQUE_HUMAN_OPENS = _UNIQUE_ACTIVITY.format(
+    column="first_human_opened_at", event="open", also=""" AND NOT e.metadata @> '{"machine": true}'"""
+)
 
 _RECOMPUTE = text(
     f"""
@@ -424,8 +428,9 @@ _RECOMPUTE = text(
         complaint_count = s.complaint_count,
         open_count = (SELECT count(*) FROM email_events e WHERE e.campaign_id = c.id AND e.event_type = 'open'),
         click_count = (SELECT count(*) FROM email_events e WHERE e.campaign_id = c.id AND e.event_type = 'click'),
-        unique_open_count = {_UNIQUE_ACTIVITY.format(column="first_opened_at", event="open")},
-        unique_click_count = {_UNIQUE_ACTIVITY.format(column="first_clicked_at", event="click")}
+        unique_open_count = {_UNIQUE_ACTIVITY.format(column="first_opened_at", event="open", also="")},
+        unique_human_open_count = {_UNIQUE_HUMAN_OPENS},
+        unique_click_count = {_UNIQUE_ACTIVITY.format(column="first_clicked_at", event="click", also="")}
     FROM (
         SELECT count(*) AS recipient_count,
                count(*) FILTER (WHERE sent_at IS NOT NULL) AS sent_count,
@@ -440,7 +445,7 @@ _RECOMPUTE = text(
     ) s
     WHERE c.id = :campaign_id
     RETURNING c.recipient_count, c.sent_count, c.skipped_count, c.failed_count, c.delivered_count,
-              c.open_count, c.unique_open_count, c.click_count, c.unique_click_count,
+              c.open_count, c.unique_open_count, c.unique_human_open_count, c.click_count, c.unique_click_count,
               c.unsubscribe_count, c.bounce_count, c.complaint_count
     """
 )
@@ -456,6 +461,8 @@ async def recompute_counters(session: AsyncSession, campaign_id: int) -> dict[st
     - open_count / click_count: `open` / `click` events of the campaign;
     - unique_open / unique_click: recipients with `first_opened_at` / `first_clicked_at`
       or at least one such event;
+    - unique_human_open: recipients with `first_human_opened_at` or an `open` event not
+      flagged `machine` (privacy proxies, scanners, prefetch at send time);
     - unsubscribe / bounce / complaint: recipients in that status or with its timestamp.
     """
     row = (await session.execute(_RECOMPUTE, {"campaign_id": campaign_id})).one_or_none()

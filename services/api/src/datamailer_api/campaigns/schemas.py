@@ -122,8 +122,12 @@ class CountersOut(BaseModel):
     skipped_count: int
     failed_count: int
     delivered_count: int
-    open_count: int
-    unique_open_count: int
+    open_count: int = Field(description="Every open recorded, privacy-proxy and scanner fetches included.")
+    unique_open_count: int = Field(description="Recipients with at least one open of any kind.")
+    unique_human_open_count: int = Field(
+        description="Recipients with at least one open not made by a privacy proxy (Apple Mail Privacy "
+        "Protection, Gmail's image proxy...), a scanner or a prefetch right after sending."
+    )
     click_count: int
     unique_click_count: int
     unsubscribe_count: int
