@@ -17,7 +17,7 @@ Tokens carry 256 random bits (`security.new_token`); only their hashes are store
 import hmac
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from hashlib import sha256
 from html import escape, unescape
 from typing import Any, Final
@@ -93,6 +93,43 @@ def _before_body_end(html: str, addition: str) -> str:
     return html[:at] + addition + html[at:]
 
 
+def unsubscribe_footer_html(html: str, unsubscribe: str) -> str:
+    """The visible link, unless the body already shows it."""
+    return "" if unsubscribe in html else f'<p><a href="{escape(unsubscribe)}">{FOOTER_TEXT}</a></p>'
+
+
+def with_unsubscribe_text(text: str, unsubscribe: str) -> str:
+    return text if unsubscribe in text else f"{text.rstrip()}\n\n--\n{FOOTER_TEXT}: {unsubscribe}\n"
+
+
+def list_unsubscribe_headers(unsubscribe: str, mailto: str | None) -> dict[str, str]:
+    """`List-Unsubscribe` (https, and `mailto:` when configured) with RFC 8058 one-click."""
+    value = f"<{unsubscribe}>"
+    if mailto:
+        value += f", <mailto:{mailto}?subject=unsubscribe>"
+    return {"List-Unsubscribe": value, "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+
+
+def with_unsubscribe(email: OutgoingEmail, unsubscribe: str, mailto: str | None) -> OutgoingEmail:
+    """A message (transactional, with a category) given the same unsubscribe link and
+    headers a campaign message gets."""
+    html = email.html_body
+    if html is not None:
+        html = _before_body_end(html, unsubscribe_footer_html(html, unsubscribe))
+    text = email.text_body
+    if text is not None:
+        text = with_unsubscribe_text(text, unsubscribe)
+    headers = {
+        **{
+            k: v
+            for k, v in email.headers.items()
+            if k.lower() not in ("list-unsubscribe", "list-unsubscribe-post")
+        },
+        **list_unsubscribe_headers(unsubscribe, mailto),
+    }
+    return replace(email, html_body=html, text_body=text, headers=headers)
+
+
 @dataclass(frozen=True)
 class CampaignContent:
     """What every recipient's message of one campaign shares."""
@@ -150,19 +187,13 @@ def build_recipient_message(
     html = rendered.html_body
     if html is not None:
         html = rewrite_html_links(html, track)
-        footer = "" if unsubscribe in html else f'<p><a href="{escape(unsubscribe)}">{FOOTER_TEXT}</a></p>'
         pixel = (
             f'<img src="{pixel_url(base, tracking_token)}" width="1" height="1" alt="" style="display:none">'
         )
-        html = _before_body_end(html, footer + pixel)
+        html = _before_body_end(html, unsubscribe_footer_html(html, unsubscribe) + pixel)
     text = rendered.text_body
     if text is not None:
-        text = rewrite_text_links(text, track)
-        if unsubscribe not in text:
-            text = f"{text.rstrip()}\n\n--\n{FOOTER_TEXT}: {unsubscribe}\n"
-    list_unsubscribe = f"<{unsubscribe}>"
-    if content.list_unsubscribe_mailto:
-        list_unsubscribe += f", <mailto:{content.list_unsubscribe_mailto}?subject=unsubscribe>"
+        text = with_unsubscribe_text(rewrite_text_links(text, track), unsubscribe)
     return OutgoingEmail(
         from_address=content.from_address,
         display_name=content.display_name,
@@ -170,5 +201,5 @@ def build_recipient_message(
         subject=rendered.subject,
         html_body=html,
         text_body=text,
-        headers={"List-Unsubscribe": list_unsubscribe, "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"},
+        headers=list_unsubscribe_headers(unsubscribe, content.list_unsubscribe_mailto),
     )

@@ -8,10 +8,13 @@ from typing import Final
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from datamailer_core.campaigns.content import unsubscribe_url
+from datamailer_core.campaigns.message import with_unsubscribe
 from datamailer_core.contracts import TransactionalEmailV1
 from datamailer_core.mail import InvalidMessage, OutgoingEmail, build_ses_request
-from datamailer_core.repositories import deliveries
+from datamailer_core.repositories import deliveries, unsubscribe
 from datamailer_core.repositories.deliveries import TransactionalDelivery
+from datamailer_core.security import hash_token, new_token
 from datamailer_core.sending import PermanentSendError, TransientSendError, send_via_ses
 from datamailer_workers.deps import WorkerDeps
 from datamailer_workers.errors import RetryLater
@@ -53,8 +56,11 @@ async def handle_transactional_email(msg: TransactionalEmailV1, deps: WorkerDeps
     permit = await deps.rate_limiter.acquire(1, priority=True)
     owner = deps.lease_owner()
 
-    async def claim(session: AsyncSession) -> deliveries.Claim:
-        return await deliveries.claim_transactional(
+    secret_key = deps.settings.security.secret_key.get_secret_value()
+    unsubscribe_token = new_token()
+
+    async def claim(session: AsyncSession) -> tuple[deliveries.Claim, bool]:
+        claimed = await deliveries.claim_transactional(
             session,
             message_id,
             client_id=msg.client_id,
@@ -63,8 +69,12 @@ async def handle_transactional_email(msg: TransactionalEmailV1, deps: WorkerDeps
             lease_seconds=delivery_settings.lease_seconds,
             expired_policy=delivery_settings.transactional_expired_lease_policy,
         )
+        has_link = claimed.outcome == "claimed" and await unsubscribe.set_message_token(
+            session, message_id, owner, hash_token(secret_key, unsubscribe_token)
+        )
+        return claimed, has_link
 
-    claimed = await in_transaction(deps, claim)
+    claimed, has_unsubscribe_link = await in_transaction(deps, claim)
     log = {"transactional_message_id": message_id, "outcome": claimed.outcome}
     if claimed.outcome == "in_progress":
         raise RetryLater(f"message {message_id} is leased by another worker", delay=claimed.retry_after)
@@ -93,9 +103,15 @@ async def handle_transactional_email(msg: TransactionalEmailV1, deps: WorkerDeps
     if delivery.attempt_count > delivery_settings.transactional_max_attempts:
         await fail(MAX_ATTEMPTS_EXCEEDED)
         return
+    outgoing = outgoing_email(delivery)
+    if has_unsubscribe_link:
+        # A message with a category can be unsubscribed from, like a campaign message.
+        tracking = deps.settings.tracking
+        link = unsubscribe_url(tracking.public_base_url, unsubscribe_token)
+        outgoing = with_unsubscribe(outgoing, link, tracking.list_unsubscribe_mailto)
     try:
         request = build_ses_request(
-            outgoing_email(delivery),
+            outgoing,
             configuration_set=deps.settings.ses.configuration_set,
             tags={"transactional_message_id": delivery.id, "client": delivery.client_slug},
         )
