@@ -35,7 +35,11 @@ def build_app(
     body_limits: Mapping[str, int] | None = None,
     default_body_limit: int = 1024 * 1024,
     on_startup: Callable[[FastAPI], Any] | None = None,
+    on_shutdown: Callable[[FastAPI], Any] | None = None,
 ) -> FastAPI:
+    """`on_startup(app)` runs once the clients are open; `on_shutdown(app)` before any
+    closes (e.g. to flush what is still to be published)."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings.log)
@@ -52,7 +56,11 @@ def build_app(
             try:
                 yield
             finally:
-                await engine.dispose()
+                try:
+                    if on_shutdown is not None:
+                        await on_shutdown(app)
+                finally:
+                    await engine.dispose()
 
     app = FastAPI(title=title, lifespan=lifespan, version="1.0.0")
     app.state.settings = settings

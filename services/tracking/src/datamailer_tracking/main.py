@@ -4,8 +4,33 @@ SES webhook ingress."""
 from fastapi import FastAPI
 
 from datamailer_core.settings import Settings
+from datamailer_tracking.click import router as click_router
+from datamailer_tracking.events import EventPublisher
+from datamailer_tracking.pixel import router as pixel_router
+from datamailer_tracking.unsubscribe import router as unsubscribe_router
+from datamailer_tracking.verify import router as verify_router
 from datamailer_web.app import build_app
 
 
+async def _start_events(app: FastAPI) -> None:
+    app.state.events = EventPublisher(app.state.publisher)
+    app.state.events.start()
+
+
+async def _flush_events(app: FastAPI) -> None:
+    await app.state.events.close()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
-    return build_app(settings or Settings(), service="tracking", title="Datamailer tracking")
+    app = build_app(
+        settings or Settings(),
+        service="tracking",
+        title="Datamailer tracking",
+        on_startup=_start_events,
+        on_shutdown=_flush_events,
+    )
+    app.include_router(pixel_router)
+    app.include_router(click_router)
+    app.include_router(unsubscribe_router)
+    app.include_router(verify_router)
+    return app
