@@ -5,7 +5,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/.venv
 RUN := $(UV) run --frozen --no-sync
 
-.PHONY: up test lint typecheck pytest test-slow bench install clean
+.PHONY: up test lint typecheck pytest test-slow bench fuzz install clean
 
 $(UV):
 	$(PYTHON) -m venv $(CURDIR)/.tools
@@ -34,6 +34,9 @@ test-slow: install
 
 bench: install
 	$(RUN) pytest -m slow -s bench
+
+fuzz: install
+	$(RUN) pytest -m slow -s fuzz
 
 clean:
 	rm -rf .tools .venv .mypy_cache .pytest_cache .ruff_cache
