@@ -8,6 +8,7 @@ from datamailer_api.audience.transfer import router as transfer_router
 from datamailer_api.campaigns.router import router as campaigns_router
 from datamailer_api.senders.router import router as senders_router
 from datamailer_api.transactional.router import router as transactional_router
+from datamailer_api.verification.router import router as verification_router
 from datamailer_core.settings import Settings
 from datamailer_web.app import build_app
 
@@ -23,5 +24,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(transfer_router)
     app.include_router(contacts_router)
     app.include_router(transactional_router)
+    app.include_router(verification_router)
     app.include_router(campaigns_router)
     return app

@@ -97,10 +97,11 @@ async def find_target(session: AsyncSession, secret_key: str, token: str) -> Tar
         return None  # erased since, or a message without an audience: nothing to change
     names = (
         await session.execute(
-            select(Contact.email, Audience.name, Client.name)
-            .join(Audience, Audience.id == audience_id)
-            .join(Client, Client.id == client_id)
-            .where(Contact.id == contact_id)
+            select(
+                select(Contact.email).where(Contact.id == contact_id).scalar_subquery(),
+                select(Audience.name).where(Audience.id == audience_id).scalar_subquery(),
+                select(Client.name).where(Client.id == client_id).scalar_subquery(),
+            )
         )
     ).one()
     return Target(

@@ -29,6 +29,7 @@ def verify_url(public_base_url: str, token: str) -> str:
 class Issued:
     id: int
     token: str
+    expires_at: datetime
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ async def issue(
     )
     session.add(row)
     await session.flush()
-    return Issued(row.id, token)
+    return Issued(row.id, token, row.expires_at)
 
 
 async def link_message(session: AsyncSession, verification_id: int, message_id: int) -> None:
