@@ -324,6 +324,52 @@ async def test_invalid_payloads_are_400_and_write_nothing(
     assert await _messages(session) == []
 
 
+@pytest.mark.parametrize(
+    ("overrides", "fields"),
+    [
+        # A trailing newline must not slip past a `$` anchor, nor any other control character.
+        ({"headers": {"Bcc\n": "victim@example.com"}}, {"headers": "invalid"}),
+        ({"headers": {"X-Ref\n": "1"}}, {"headers": "invalid"}),
+        ({"from_email": "sender\n"}, {"from_email": "invalid"}),
+        ({"email": "ada@example.com\u2028"}, {"email": "invalid"}),
+        *(
+            ({"headers": {"X-Ok": f"a{ch}Bcc: x@example.com"}}, {"headers.X-Ok": "invalid"})
+            for ch in ("\x0b", "\x0c", "\x85", "\u2028", "\u2029", "\t", "\x1b", "\u202e")
+        ),
+        ({"reply_to": "Help\x0bBcc: x@example.com <help@example.com>"}, {"reply_to": "invalid"}),
+        ({"reply_to": "help@example.com\n"}, {"reply_to": "invalid"}),
+        ({"reply_to": "Help <help@example.com> trailing"}, {"reply_to": "invalid"}),
+        ({"cc": ["Copy\u2028 <copy@example.com>"]}, {"cc.0": "invalid"}),
+        ({"cc": ["<copy@example.com> eve@example.com"]}, {"cc.0": "invalid"}),
+        ({"bcc": ["blind@example.com\x85"]}, {"bcc.0": "invalid"}),
+        ({"bcc": ["Blind: <blind@example.com>"]}, {"bcc.0": "invalid"}),
+    ],
+)
+async def test_control_characters_and_trailing_text_in_headers_are_400(
+    api: AsyncClient,
+    tenant: Tenant,
+    session: AsyncSession,
+    overrides: dict[str, Any],
+    fields: dict[str, str],
+) -> None:
+    response = await send(api, tenant, **overrides)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "validation_error"
+    assert response.json()["error"]["fields"] == fields
+    assert await _messages(session) == []
+
+
+async def test_one_mailbox_with_a_quoted_display_name_is_accepted(
+    api: AsyncClient, tenant: Tenant, session: AsyncSession
+) -> None:
+    response = await send(
+        api, tenant, reply_to='"Help, Desk" <help@example.com>', cc=["Dr. Who <who@example.com>"]
+    )
+    assert response.status_code == 202, response.text
+    assert response.json()["message"]["reply_to"] == '"Help, Desk" <help@example.com>'
+    assert response.json()["message"]["cc"] == ['"Dr. Who" <who@example.com>']  # canonical: quoted
+
+
 async def test_payload_errors_come_before_the_template_lookup(api: AsyncClient, tenant: Tenant) -> None:
     response = await send(api, tenant, template_key="nope", email="bad")
     assert response.status_code == 400

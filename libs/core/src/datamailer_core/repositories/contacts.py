@@ -6,6 +6,7 @@ bounced, complained or unsubscribed globally comes back suppressed."""
 import hashlib
 import re
 
+import idna
 from pydantic import EmailStr, TypeAdapter, ValidationError
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
@@ -24,8 +25,25 @@ SUPPRESSION_COLUMNS = {
 
 
 def normalize_email(email: str) -> str:
-    """Trimmed and case-folded: `  Alice@Example.COM ` and `alice@example.com` are one contact."""
-    return email.strip().casefold()
+    """The identity of an address: trimmed, the local part lowercased with `str.lower`
+    (not casefold: `SS@x` and `ß@x` are two mailboxes) and the domain in its lowercase
+    ASCII (IDNA) form, so `  Alice@Example.COM ` and `alice@example.com` are one contact,
+    and so are `user@exämple.com` and `user@xn--exmple-cua.com`."""
+    local, at, domain = email.strip().rpartition("@")
+    if not at:
+        return domain.lower()
+    return f"{local.lower()}@{_ascii_domain(domain) or domain.lower()}"
+
+
+def _ascii_domain(domain: str) -> str | None:
+    """Lowercase A-labels (IDNA 2008 with the UTS #46 mapping); None for a domain that is
+    not a valid IDN, e.g. a malformed `xn--` label."""
+    if domain.isascii() and "xn--" not in domain.lower():
+        return domain.lower()
+    try:
+        return idna.encode(domain, uts46=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError):
+        return None
 
 
 def address_hash(normalized_email: str) -> str:
@@ -69,6 +87,7 @@ async def get_or_create_contact(session: AsyncSession, email: str) -> tuple[Cont
 
 _EMAIL = TypeAdapter(EmailStr)
 MAX_EMAIL_LENGTH = 254
+MAX_LOCAL_OCTETS = 64
 _SPECIAL_USE = {"arpa", "invalid", "local", "localhost", "onion", "test"}  # as the full validator
 # Plain ASCII addresses (nearly all of them) are checked with this dot-atom pattern;
 # anything else goes through the full validator, which is ~50x slower.
@@ -79,13 +98,20 @@ _ASCII_EMAIL = re.compile(
 
 
 def clean_email(raw: str) -> str | None:
-    """The trimmed address when it is one valid address, else None."""
+    """The trimmed address when it is one valid address, else None: at most 254
+    characters (in its ASCII-domain form too), a local part of at most 64 octets (UTF-8)
+    and a domain that is a valid IDN."""
     email = raw.strip()
     if not email or len(email) > MAX_EMAIL_LENGTH or any(ch in email for ch in "\r\n\0 ,;<>"):
         return None
-    local = email.partition("@")[0]
+    local, _, domain = email.rpartition("@")
+    if len(local.encode()) > MAX_LOCAL_OCTETS:
+        return None
+    ascii_domain = _ascii_domain(domain)
+    if ascii_domain is None or len(local) + 1 + len(ascii_domain) > MAX_EMAIL_LENGTH:
+        return None
     tld = email.rsplit(".", 1)[-1].lower()
-    if email.isascii() and len(local) <= 64 and tld not in _SPECIAL_USE and _ASCII_EMAIL.match(email):
+    if email.isascii() and tld not in _SPECIAL_USE and _ASCII_EMAIL.match(email):
         return email
     try:
         _EMAIL.validate_python(email)

@@ -3,13 +3,11 @@ the payload, find the active template, replay an idempotency key, resolve the se
 check `required_context`, render, and only then write (contact, message, event). The
 router commits, then publishes; nothing here commits."""
 
-import asyncio
 import logging
 import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from email.utils import parseaddr
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -18,7 +16,14 @@ from datamailer_api.deps import AuthContext
 from datamailer_api.transactional.schemas import SendIn, TemplateIn
 from datamailer_core import policy
 from datamailer_core.errors import NotFound, ValidationFailed
-from datamailer_core.mail import HEADER_NAME_RE, MAX_HEADER_VALUE, RESERVED_HEADERS
+from datamailer_core.mail import (
+    HEADER_NAME_RE,
+    MAX_HEADER_VALUE,
+    RESERVED_HEADERS,
+    Mailbox,
+    has_control,
+    parse_mailbox,
+)
 from datamailer_core.models import Audience, Client, Contact, EmailEvent, EmailTemplate, TransactionalMessage
 from datamailer_core.queues import QueuePublisher
 from datamailer_core.repositories import contacts, deliveries, templates, transactional
@@ -30,11 +35,13 @@ from datamailer_core.templating import (
     render_message,
     validate_message_templates,
 )
+from datamailer_core.templating.pool import RenderPool
 
 logger = logging.getLogger(__name__)
 
-TEMPLATE_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,179}$")
-CONTEXT_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+# Used with fullmatch (`match` with `$` would let a trailing newline through).
+TEMPLATE_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,179}")
+CONTEXT_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 def _template_not_found(key: str) -> NotFound:
@@ -53,7 +60,10 @@ def _required_context(items: Sequence[Any], fields: dict[str, str]) -> list[dict
             name, description = item.get("name"), item.get("description")
         valid_description = description is None or (isinstance(description, str) and len(description) <= 1000)
         if not (
-            isinstance(name, str) and len(name) <= 100 and CONTEXT_NAME_RE.match(name) and valid_description
+            isinstance(name, str)
+            and len(name) <= 100
+            and CONTEXT_NAME_RE.fullmatch(name)
+            and valid_description
         ):
             fields[f"required_context.{i}"] = "invalid"
             continue
@@ -68,7 +78,7 @@ async def upsert_template(
     session: AsyncSession, client: Client, key: str, body: TemplateIn
 ) -> tuple[EmailTemplate, bool]:
     fields: dict[str, str] = {}
-    if not TEMPLATE_KEY_RE.match(key):
+    if not TEMPLATE_KEY_RE.fullmatch(key):
         fields["key"] = "invalid"
     if not body.subject.strip():
         fields["subject"] = "required"
@@ -98,7 +108,7 @@ async def upsert_template(
 
 
 async def get_template(session: AsyncSession, client: Client, key: str) -> EmailTemplate:
-    found = await templates.get_template(session, client.id, key) if TEMPLATE_KEY_RE.match(key) else None
+    found = await templates.get_template(session, client.id, key) if TEMPLATE_KEY_RE.fullmatch(key) else None
     if found is None:
         raise NotFound(f"no template {key!r}", fields={"template_key": "not_found"})
     return found
@@ -148,7 +158,7 @@ class SendResult:
 
 
 def _address(value: str, path: str, fields: dict[str, str]) -> str:
-    normalized = normalize_sender_email(value.strip())
+    normalized = normalize_sender_email(value)
     if normalized is None:
         fields[path] = "invalid"
         return value
@@ -159,13 +169,13 @@ def _headers(headers: dict[str, str], fields: dict[str, str]) -> dict[str, str]:
     seen: set[str] = set()
     for name, value in headers.items():
         path = f"headers.{name}" if name.isprintable() and len(name) <= 100 else "headers"
-        if not HEADER_NAME_RE.match(name):
+        if not HEADER_NAME_RE.fullmatch(name):
             fields[path] = "invalid"
         elif name.lower() in RESERVED_HEADERS:
             fields[path] = "reserved"
         elif name.lower() in seen:
             fields[path] = "duplicate"
-        elif any(ch in value for ch in "\r\n\0"):
+        elif has_control(value):
             fields[path] = "invalid"
         elif len(value) > MAX_HEADER_VALUE:
             fields[path] = "too_long"
@@ -176,10 +186,14 @@ def _headers(headers: dict[str, str], fields: dict[str, str]) -> dict[str, str]:
 def validate_envelope(body: SendIn) -> Envelope:
     fields: dict[str, str] = {}
     email = body.email.strip()
-    if normalize_sender_email(email) is None or parseaddr(email) != ("", email):
+    if (
+        has_control(body.email)
+        or normalize_sender_email(email) is None
+        or parse_mailbox(email) != Mailbox("", email)
+    ):
         # One bare address: a display name or a list is not a recipient.
         fields["email"] = "invalid"
-    if body.from_email is not None and not SENDER_ID_RE.match(body.from_email):
+    if body.from_email is not None and not SENDER_ID_RE.fullmatch(body.from_email):
         fields["from_email"] = "invalid"
     reply_to = None if body.reply_to is None else _address(body.reply_to, "reply_to", fields)
     cc = [_address(a, f"cc.{i}", fields) for i, a in enumerate(body.cc)]
@@ -194,53 +208,76 @@ def validate_envelope(body: SendIn) -> Envelope:
     return Envelope(email=email, reply_to=reply_to, cc=cc, bcc=bcc, headers=headers)
 
 
+@dataclass(frozen=True)
+class Suppression:
+    """What a send reads of an address's suppression."""
+
+    hard_bounced: bool
+    complained: bool
+    global_unsubscribed: bool
+
+
+def _contact_suppression(contact: Contact) -> Suppression:
+    return Suppression(
+        hard_bounced=contact.hard_bounced_at is not None,
+        complained=contact.complained_at is not None,
+        global_unsubscribed=contact.global_unsubscribed_at is not None,
+    )
+
+
+async def suppression_without_writing(
+    session: AsyncSession, email: str
+) -> tuple[Contact | None, Suppression]:
+    """The address's contact, if any, and its suppression, read without writing (a dry
+    run, a campaign test send). With no contact yet: what the one a send would create
+    inherits from an erased address."""
+    contact = await contacts.get_contact_by_email(session, email)
+    if contact is not None:
+        return contact, _contact_suppression(contact)
+    reasons = set(await transactional.suppression_reasons(session, email))
+    return None, Suppression(
+        hard_bounced="hard_bounce" in reasons,
+        complained="complaint" in reasons,
+        global_unsubscribed=bool(reasons & {"global_unsubscribe", "manual"}),
+    )
+
+
 async def _decide(
-    session: AsyncSession, contact: Contact, body: SendIn, audience: Audience | None, client: Client
+    session: AsyncSession,
+    contact: Contact | None,
+    suppression: Suppression,
+    body: SendIn,
+    audience: Audience | None,
+    client: Client,
 ) -> str | None:
     category_off = (
         body.category_tag is not None
         and audience is not None
+        and contact is not None
         and await transactional.category_disabled(
             session, contact.id, audience.id, client.id, body.category_tag
         )
     )
     return policy.transactional_block_reason(
-        hard_bounced=contact.hard_bounced_at is not None,
-        complained=contact.complained_at is not None,
-        global_unsubscribed=contact.global_unsubscribed_at is not None,
+        hard_bounced=suppression.hard_bounced,
+        complained=suppression.complained,
+        global_unsubscribed=suppression.global_unsubscribed,
         category_tag=body.category_tag,
         category_enabled=not category_off,
     )
 
 
-async def _decide_without_writing(
-    session: AsyncSession, body: SendIn, email: str, audience: Audience | None, client: Client
-) -> str | None:
-    contact = await contacts.get_contact_by_email(session, email)
-    if contact is not None:
-        return await _decide(session, contact, body, audience, client)
-    # No contact yet: the one a send would create inherits an erased address's suppression.
-    reasons = set(await transactional.suppression_reasons(session, email))
-    return policy.transactional_block_reason(
-        hard_bounced="hard_bounce" in reasons,
-        complained="complaint" in reasons,
-        global_unsubscribed=bool(reasons & {"global_unsubscribe", "manual"}),
-        category_tag=body.category_tag,
-        category_enabled=True,
-    )
-
-
-async def _render(template: EmailTemplate, context: dict[str, Any]) -> Rendered:
+async def _render(pool: RenderPool, template: EmailTemplate, context: dict[str, Any]) -> Rendered:
     try:
-        # In a thread: a template may take up to the render deadline, the loop must not.
-        return await asyncio.to_thread(
+        # In the pool's processes: whatever a template does, the loop keeps serving.
+        return await pool.run(
             render_message, template.subject, template.html_body, template.text_body, context
         )
     except TemplateError as exc:
         raise exc.as_validation_error() from None
 
 
-async def send(session: AsyncSession, auth: AuthContext, body: SendIn) -> SendResult:
+async def send(session: AsyncSession, auth: AuthContext, body: SendIn, pool: RenderPool) -> SendResult:
     client = auth.client
     envelope = validate_envelope(body)
     audience = None
@@ -266,15 +303,16 @@ async def send(session: AsyncSession, auth: AuthContext, body: SendIn) -> SendRe
         raise ValidationFailed(
             "required context is missing", fields={f"context.{name}": "required" for name in missing}
         )
-    rendered = await _render(template, body.context)
+    rendered = await _render(pool, template, body.context)
 
     if body.dry_run:
-        reason = await _decide_without_writing(session, body, envelope.email, audience, client)
+        found, suppression = await suppression_without_writing(session, envelope.email)
+        reason = await _decide(session, found, suppression, body, audience, client)
         preview = Preview(envelope, sender, template.key, body.idempotency_key, rendered, reason)
         return SendResult(preview=preview)
 
     contact, _ = await contacts.get_or_create_contact(session, envelope.email)
-    reason = await _decide(session, contact, body, audience, client)
+    reason = await _decide(session, contact, _contact_suppression(contact), body, audience, client)
     idempotency_key = body.idempotency_key or uuid.uuid4().hex
     message = await transactional.create_message(
         session,
