@@ -83,8 +83,9 @@ TEXT = (
 
 GENERATE = [
     """
-    INSERT INTO contacts (email, normalized_email, verified_at, hard_bounced_at)
-    SELECT 'user' || i || '@example.com', 'user' || i || '@example.com', now(),
+    INSERT INTO contacts (organization_id, email, normalized_email, verified_at, hard_bounced_at)
+    SELECT (SELECT organization_id FROM audiences WHERE id = CAST(:audience_id AS bigint)),
+           'user' || i || '@example.com', 'user' || i || '@example.com', now(),
            CASE WHEN i % :every = 0 THEN now() END
     FROM generate_series(1, :n) i
     """,

@@ -43,9 +43,10 @@ _SHARES = ", ".join(f"('{slug}', {share})" for slug, share in TAGS.items())
 GENERATE = [
     "SELECT setseed(0.2026)",
     f"""
-    INSERT INTO contacts (email, normalized_email, verified_at, hard_bounced_at, complained_at,
-                          global_unsubscribed_at, validation_status)
-    SELECT 'User' || i || '@Example.com', 'user' || i || '@example.com',
+    INSERT INTO contacts (organization_id, email, normalized_email, verified_at, hard_bounced_at,
+                          complained_at, global_unsubscribed_at, validation_status)
+    SELECT (SELECT organization_id FROM audiences WHERE id = CAST(:audience_id AS bigint)),
+           'User' || i || '@Example.com', 'user' || i || '@example.com',
            CASE WHEN r1 >= 0.05 THEN now() END, CASE WHEN r2 < 0.03 THEN now() END,
            CASE WHEN r3 < 0.01 THEN now() END, CASE WHEN r4 < 0.02 THEN now() END,
            CASE WHEN r5 < 0.02 THEN (ARRAY[{_BAD}])[1 + i % {len(BAD_VALIDATION_STATUSES)}]

@@ -29,6 +29,8 @@ app.add_typer(senders_app, name="senders")
 app.add_typer(keys_app, name="keys")
 campaigns_app = typer.Typer(help="Campaign procedures of the runbook.", no_args_is_help=True)
 app.add_typer(campaigns_app, name="campaigns")
+contacts_app = typer.Typer(help="Contact procedures.", no_args_is_help=True)
+app.add_typer(contacts_app, name="contacts")
 
 T = TypeVar("T")
 
@@ -193,6 +195,19 @@ def keys_revoke(
     """Revoke an API key (idempotent)."""
     run(ops.revoke_key(settings(), public_id))
     typer.echo(f"revoked {public_id}")
+
+
+@contacts_app.command("erase")
+@one_line_errors
+def contacts_erase(
+    email: Annotated[str, typer.Argument(help="The address to erase.")],
+    organization: Annotated[
+        str | None, typer.Option(help="Only in this organization (default: every organization).")
+    ] = None,
+) -> None:
+    """Erase an address: live state deleted, history anonymized, suppression kept as a hash."""
+    erased = run(ops.erase_address(settings(), email, organization))
+    typer.echo(f"erased in {len(erased)} organizations" + (f": {', '.join(erased)}" if erased else ""))
 
 
 @app.command()

@@ -6,12 +6,17 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from datamailer_core.aws import aws_client, aws_session
 from datamailer_core.contracts import DLQ_SUFFIX, QUEUE_NAMES
 from datamailer_core.db.engine import create_engine, create_sessionmaker
+from datamailer_core.errors import NotFound
+from datamailer_core.models import Contact, Organization
 from datamailer_core.repositories import scope
+from datamailer_core.repositories.audience_queries import erase_contact
+from datamailer_core.repositories.contacts import normalize_email
 from datamailer_core.security import IssuedKey
 from datamailer_core.senders import validate_senders
 from datamailer_core.settings import Settings
@@ -137,3 +142,24 @@ async def list_keys(settings: Settings, client: str | None) -> list[dict[str, st
 async def revoke_key(settings: Settings, public_id: str) -> None:
     async with session_scope(settings) as session:
         await scope.revoke_key(session, public_id)
+
+
+async def erase_address(settings: Settings, email: str, organization: str | None = None) -> list[str]:
+    """Erase an address in every organization (or one): the full erasure a client's own
+    `POST /api/contacts/erase`, which reaches its organization only, cannot do. Returns
+    the organizations erased; running it again finds nothing and erases nothing."""
+    async with session_scope(settings) as session:
+        stmt = (
+            select(Contact, Organization.slug)
+            .join(Organization, Organization.id == Contact.organization_id)
+            .where(Contact.normalized_email == normalize_email(email))
+            .order_by(Organization.slug)
+        )
+        if organization is not None:
+            if await session.scalar(select(Organization.id).where(Organization.slug == organization)) is None:
+                raise NotFound(f"organization {organization!r} not found")
+            stmt = stmt.where(Organization.slug == organization)
+        found = (await session.execute(stmt)).all()
+        for contact, _ in found:
+            await erase_contact(session, contact)
+        return [slug for _, slug in found]

@@ -74,9 +74,11 @@ class AudienceBuilder:
                 await self.session.execute(
                     text(
                         """
-                        INSERT INTO contacts (email, normalized_email, verified_at, hard_bounced_at,
-                                              complained_at, global_unsubscribed_at, validation_status)
-                        SELECT CAST(:prefix AS text) || '-' || g || '@Example.com',
+                        INSERT INTO contacts (organization_id, email, normalized_email, verified_at,
+                                              hard_bounced_at, complained_at, global_unsubscribed_at,
+                                              validation_status)
+                        SELECT (SELECT organization_id FROM audiences WHERE id = CAST(:audience_id AS bigint)),
+                               CAST(:prefix AS text) || '-' || g || '@Example.com',
                                CAST(:prefix AS text) || '-' || g || '@example.com',
                                CASE WHEN :contact_verified THEN now() END,
                                CASE WHEN :hard_bounced THEN now() END,
@@ -90,6 +92,7 @@ class AudienceBuilder:
                     ),
                     {
                         "prefix": prefix,
+                        "audience_id": self.audience_id,
                         "count": group.count,
                         "contact_verified": group.verified_at == "contact",
                         "hard_bounced": group.hard_bounced,

@@ -70,8 +70,8 @@ async def _events(session: AsyncSession, message_id: int) -> list[tuple[str, dic
     return [(t, m) for t, m in rows.all()]
 
 
-async def _contact(session: AsyncSession, email: str, **state: Any) -> Contact:
-    contact, _ = await contacts.get_or_create_contact(session, email)
+async def _contact(session: AsyncSession, tenant: Tenant, email: str, **state: Any) -> Contact:
+    contact, _ = await contacts.get_or_create_contact(session, tenant.scope.organization.id, email)
     for name, value in state.items():
         setattr(contact, name, value)
     await session.commit()
@@ -196,7 +196,10 @@ async def test_missing_required_context_is_400_before_any_write(
     response = await send(api, tenant, email="new-person@example.com", context={"first_name": "Ada"})
     assert response.status_code == 400
     assert response.json()["error"]["fields"] == {"context.reset_url": "required"}
-    assert await contacts.get_contact_by_email(session, "new-person@example.com") is None
+    assert (
+        await contacts.get_contact_by_email(session, tenant.scope.organization.id, "new-person@example.com")
+        is None
+    )
     assert await _messages(session) == []
     assert await queue() == []
 
@@ -208,7 +211,10 @@ async def test_a_template_that_fails_to_render_is_400_before_any_write(
     response = await send(api, tenant, template_key="huge", email="new-person@example.com")
     assert response.status_code == 400
     assert response.json()["error"]["fields"] == {"html_body": "output_too_large"}
-    assert await contacts.get_contact_by_email(session, "new-person@example.com") is None
+    assert (
+        await contacts.get_contact_by_email(session, tenant.scope.organization.id, "new-person@example.com")
+        is None
+    )
 
 
 async def test_injection_through_context_values_renders_harmlessly(
@@ -398,7 +404,7 @@ async def test_a_suppressed_contact_gets_409_and_a_stored_skipped_message(
     state: dict[str, Any],
     reason: str,
 ) -> None:
-    await _contact(session, "ada@example.com", **state)
+    await _contact(session, tenant, "ada@example.com", **state)
     response = await send(api, tenant, idempotency_key="s-1")
     assert response.status_code == 409, response.text
     body = response.json()
@@ -420,7 +426,7 @@ async def test_a_suppressed_contact_gets_409_and_a_stored_skipped_message(
 async def test_a_global_unsubscribe_blocks_only_categorized_mail(
     api: AsyncClient, tenant: Tenant, session: AsyncSession
 ) -> None:
-    await _contact(session, "ada@example.com", global_unsubscribed_at=datetime.now(UTC))
+    await _contact(session, tenant, "ada@example.com", global_unsubscribed_at=datetime.now(UTC))
     assert (await send(api, tenant)).status_code == 202
     scoped = {"audience": tenant.audience_slug, "client": tenant.client_slug}
     response = await send(api, tenant, category_tag="tips", **scoped)
@@ -431,7 +437,7 @@ async def test_a_global_unsubscribe_blocks_only_categorized_mail(
 async def test_a_disabled_category_blocks_mail_of_that_category(
     api: AsyncClient, tenant: Tenant, session: AsyncSession
 ) -> None:
-    contact = await _contact(session, "ada@example.com")
+    contact = await _contact(session, tenant, "ada@example.com")
     session.add(
         CategoryPreference(
             contact_id=contact.id,
@@ -455,7 +461,9 @@ async def test_no_subscription_is_needed_for_transactional_mail(
 ) -> None:
     response = await send(api, tenant, email="Stranger@Example.com ")
     assert response.status_code == 202
-    contact = await contacts.get_contact_by_email(session, "stranger@example.com")
+    contact = await contacts.get_contact_by_email(
+        session, tenant.scope.organization.id, "stranger@example.com"
+    )
     assert contact is not None
     [row] = await _messages(session)
     assert row.contact_id == contact.id
@@ -479,7 +487,10 @@ async def test_dry_run_renders_and_decides_but_stores_and_sends_nothing(
     }
     assert body["would_deliver"] is True
     assert body["delivery_decision"] == {"allowed": True, "reason": None}
-    assert await contacts.get_contact_by_email(session, "fresh@example.com") is None
+    assert (
+        await contacts.get_contact_by_email(session, tenant.scope.organization.id, "fresh@example.com")
+        is None
+    )
     assert await _messages(session) == []
     assert await queue() == []
     # The key was not used up.
@@ -491,7 +502,7 @@ async def test_dry_run_renders_and_decides_but_stores_and_sends_nothing(
 async def test_dry_run_reports_a_blocked_delivery(
     api: AsyncClient, tenant: Tenant, session: AsyncSession
 ) -> None:
-    await _contact(session, "ada@example.com", hard_bounced_at=datetime.now(UTC))
+    await _contact(session, tenant, "ada@example.com", hard_bounced_at=datetime.now(UTC))
     body = (await send(api, tenant, dry_run=True)).json()
     assert body["would_deliver"] is False
     assert body["delivery_decision"] == {"allowed": False, "reason": "hard_bounce"}

@@ -181,8 +181,8 @@ async def test_partial_index_predicates_match_the_models(conn: AsyncConnection) 
             assert await _index_predicate(conn, name) == await _index_predicate(conn, probe), name
             checked += 1
     # client_api_keys, subscriptions ×2, category_preferences ×2, transactional, events,
-    # campaign recipients' sending leases
-    assert checked == 8
+    # campaign recipients' sending leases, suppressions ×2
+    assert checked == 10
 
 
 async def test_check_constraints_match_the_models(conn: AsyncConnection) -> None:
@@ -234,7 +234,7 @@ async def _scope(conn: AsyncConnection) -> tuple[int, int, int, int]:
     org = await _insert(conn, Organization, slug="acme", name="Acme")
     audience = await _insert(conn, Audience, organization_id=org, slug="news", name="News")
     client = await _insert(conn, Client, organization_id=org, slug="app", name="App")
-    contact = await _insert(conn, Contact, email="A@x.test", normalized_email="a@x.test")
+    contact = await _insert(conn, Contact, organization_id=org, email="A@x.test", normalized_email="a@x.test")
     return org, audience, client, contact
 
 

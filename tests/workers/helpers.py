@@ -32,6 +32,7 @@ class Seeded:
     client_id: int
     client_slug: str
     audience_id: int
+    organization_id: int
 
 
 async def seed_client(deps: WorkerDeps, *, verify_sender: bool = True, client: str = "app") -> Seeded:
@@ -41,7 +42,7 @@ async def seed_client(deps: WorkerDeps, *, verify_sender: bool = True, client: s
         await scope.set_senders(session, found.client, cleaned, default)
     if verify_sender:
         await deps.sesv2.create_email_identity(EmailIdentity=SENDER_ADDRESS)
-    return Seeded(found.client.id, found.client.slug, found.audience.id)
+    return Seeded(found.client.id, found.client.slug, found.audience.id, found.organization.id)
 
 
 async def insert_queued(
@@ -57,7 +58,7 @@ async def insert_queued(
 ) -> TransactionalMessage:
     """A committed `queued` row as the API creates it (repository `create_message`)."""
     async with deps.sessionmaker() as session, session.begin():
-        contact, _ = await contacts.get_or_create_contact(session, to)
+        contact, _ = await contacts.get_or_create_contact(session, seeded.organization_id, to)
         message = await transactional.create_message(
             session,
             client_id=seeded.client_id,

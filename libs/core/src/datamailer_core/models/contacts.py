@@ -1,5 +1,13 @@
-"""One global contact per normalized email; subscription, tag and category state is
-scoped to an audience and optionally a client."""
+"""One contact per normalized email in each organization (the tenant); subscription,
+tag and category state is scoped to an audience and optionally a client.
+
+What is global about an address is only what the mailbox itself reported through SES: a
+hard bounce or a complaint. Those are written to every organization's contact for the
+address and kept as an organization-less `suppressions` row, so a contact created later
+in any organization starts suppressed. Everything a client writes (verification,
+validation verdicts and notes, manual suppression, unsubscribes) stays in its own
+organization's row; another organization never reads or changes it, and erasure removes
+one organization's data."""
 
 from datetime import datetime
 from typing import Final
@@ -31,11 +39,18 @@ _AUDIENCE_LEVEL = text("client_id IS NULL")
 
 class Contact(EagerDefaults, TimestampMixin, Base):
     __tablename__ = "contacts"
-    __table_args__ = (one_of("validation_status", VALIDATION_STATUSES),)
+    __table_args__ = (
+        one_of("validation_status", VALIDATION_STATUSES),
+        UniqueConstraint("organization_id", "normalized_email"),
+        Index(None, "normalized_email"),
+    )
 
     id: Mapped[int] = bigint_pk()
+    organization_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("organizations.id", ondelete="CASCADE")
+    )
     email: Mapped[str] = mapped_column(Text)
-    normalized_email: Mapped[str] = mapped_column(Text, unique=True)
+    normalized_email: Mapped[str] = mapped_column(Text)
     verified_at: Mapped[datetime | None]
     global_unsubscribed_at: Mapped[datetime | None]
     hard_bounced_at: Mapped[datetime | None]
@@ -141,12 +156,34 @@ class CategoryPreference(EagerDefaults, Base):
 
 class Suppression(EagerDefaults, Base):
     """Addresses that stay blocked after erasure: only a hash of the normalized address
-    (hex text) is kept, never the address itself."""
+    (hex text) is kept, never the address itself. A row with `organization_id` NULL is a
+    fact about the mailbox (SES reported a hard bounce or complaint) and holds in every
+    organization; any other row holds in its organization only."""
 
     __tablename__ = "suppressions"
-    __table_args__ = (one_of("reason", SUPPRESSION_REASONS),)
+    __table_args__ = (
+        one_of("reason", SUPPRESSION_REASONS),
+        Index(
+            "uq_suppressions_organization_id_address_hash_reason",
+            "organization_id",
+            "address_hash",
+            "reason",
+            unique=True,
+            postgresql_where=text("organization_id IS NOT NULL"),
+        ),
+        Index(
+            "uq_suppressions_address_hash_reason_mailbox",
+            "address_hash",
+            "reason",
+            unique=True,
+            postgresql_where=text("organization_id IS NULL"),
+        ),
+    )
 
     id: Mapped[int] = bigint_pk()
-    address_hash: Mapped[str] = mapped_column(Text, unique=True)
+    organization_id: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("organizations.id", ondelete="CASCADE")
+    )
+    address_hash: Mapped[str] = mapped_column(Text)
     reason: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())

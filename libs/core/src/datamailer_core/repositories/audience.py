@@ -67,24 +67,29 @@ _CONTACT_COLUMNS = (
 )
 _SUB_COLUMNS = ("status", "verified_at", "unsubscribed_at", "unsubscribe_reason")
 
+# The audience names the organization whose contacts these are.
+_ORGANIZATION = "(SELECT organization_id FROM audiences WHERE id = CAST(:audience_id AS bigint))"
+
 _CREATE_CONTACTS = text(
-    """
-    INSERT INTO contacts (email, normalized_email, hard_bounced_at, complained_at, global_unsubscribed_at)
-    SELECT i.email, i.norm,
+    f"""
+    INSERT INTO contacts (organization_id, email, normalized_email, hard_bounced_at, complained_at,
+                          global_unsubscribed_at)
+    SELECT {_ORGANIZATION}, i.email, i.norm,
            CASE WHEN bool_or(s.reason = 'hard_bounce') THEN now() END,
            CASE WHEN bool_or(s.reason = 'complaint') THEN now() END,
            CASE WHEN bool_or(s.reason IN ('global_unsubscribe', 'manual')) THEN now() END
     FROM unnest(CAST(:emails AS text[]), CAST(:norms AS text[]), CAST(:hashes AS text[]))
          AS i(email, norm, hash)
     LEFT JOIN suppressions s ON s.address_hash = i.hash
+         AND (s.organization_id IS NULL OR s.organization_id = {_ORGANIZATION})
     GROUP BY i.email, i.norm
-    ON CONFLICT (normalized_email) DO NOTHING
+    ON CONFLICT (organization_id, normalized_email) DO NOTHING
     RETURNING id
     """
 )
 
 _LOAD_STATE = text(
-    """
+    f"""
     SELECT c.id, c.normalized_email, c.verified_at, c.global_unsubscribed_at, c.hard_bounced_at,
            c.complained_at, c.validation_status, c.validation_reason, c.validated_at,
            cs.status AS c_status, cs.verified_at AS c_verified_at, cs.unsubscribed_at AS c_unsubscribed_at,
@@ -92,9 +97,9 @@ _LOAD_STATE = text(
            au.status AS a_status, au.verified_at AS a_verified_at, au.unsubscribed_at AS a_unsubscribed_at,
            au.unsubscribe_reason AS a_unsubscribe_reason,
            COALESCE((SELECT array_agg(t.slug) FROM contact_tags ct JOIN tags t ON t.id = ct.tag_id
-                     WHERE ct.contact_id = c.id AND t.audience_id = :audience_id), '{}') AS tags
+                     WHERE ct.contact_id = c.id AND t.audience_id = :audience_id), '{{}}') AS tags
     FROM unnest(CAST(:norms AS text[])) AS wanted(norm)
-    JOIN contacts c ON c.normalized_email = wanted.norm
+    JOIN contacts c ON c.normalized_email = wanted.norm AND c.organization_id = {_ORGANIZATION}
     LEFT JOIN subscriptions cs ON cs.contact_id = c.id AND cs.audience_id = :audience_id
          AND cs.client_id = :client_id
     LEFT JOIN subscriptions au ON au.contact_id = c.id AND au.audience_id = :audience_id
@@ -278,6 +283,7 @@ async def apply_contacts(
             await session.execute(
                 _CREATE_CONTACTS,
                 {
+                    "audience_id": audience_id,
                     "emails": [i.email for i in items],
                     "norms": norms,
                     "hashes": [address_hash(n) for n in norms],

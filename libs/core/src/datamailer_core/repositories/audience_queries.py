@@ -1,4 +1,6 @@
 """Audience state reads: a contact as one client sees it, listings, exports, history.
+Contacts are per organization (see `models.contacts`), so nothing read here can carry
+another organization's values or ids.
 
 A client sees a contact only through its own subscription rows: the audience-level row
 is shared by the organization's clients, so it never makes a contact visible."""
@@ -233,7 +235,9 @@ async def set_category_preferences(
 
 
 async def erase_contact(session: AsyncSession, contact: Contact) -> None:
-    """Delete live state, anonymize history, and keep suppression as an address hash."""
+    """Delete the organization's live state for the address, anonymize its history, and
+    keep its suppression as an address hash. Other organizations' contacts for the same
+    address are separate rows and stay untouched."""
     reasons = [
         reason
         for reason, at in (
@@ -243,11 +247,20 @@ async def erase_contact(session: AsyncSession, contact: Contact) -> None:
         )
         if at is not None
     ]
-    if reasons:  # the strongest reason is kept; each of them blocks marketing mail
+    if reasons:
+        hashed = address_hash(contact.normalized_email)
         await session.execute(
             pg_insert(Suppression)
-            .values(address_hash=address_hash(contact.normalized_email), reason=reasons[0])
-            .on_conflict_do_nothing(index_elements=["address_hash"])
+            .values(
+                [
+                    {"organization_id": contact.organization_id, "address_hash": hashed, "reason": r}
+                    for r in reasons
+                ]
+            )
+            .on_conflict_do_nothing(
+                index_elements=["organization_id", "address_hash", "reason"],
+                index_where=Suppression.organization_id.is_not(None),
+            )
         )
     erased = f"erased-{contact.id}@invalid"
     await session.execute(

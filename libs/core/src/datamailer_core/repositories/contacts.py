@@ -1,14 +1,17 @@
-"""Contacts: one global row per normalized address.
+"""Contacts: one row per normalized address in each organization.
 
-Creating a contact consults the suppression list first, so an address erased after it
-bounced, complained or unsubscribed globally comes back suppressed."""
+Creating a contact consults the suppression list first: the mailbox facts (SES hard
+bounces and complaints, kept without an organization) and the organization's own list,
+so an address erased after it bounced, complained or unsubscribed globally comes back
+suppressed, and one that bounced for any organization starts suppressed everywhere."""
 
 import hashlib
 import re
+from typing import Any
 
 import idna
 from pydantic import EmailStr, TypeAdapter, ValidationError
-from sqlalchemy import select
+from sqlalchemy import Select, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import func
@@ -50,39 +53,77 @@ def address_hash(normalized_email: str) -> str:
     return hashlib.sha256(normalized_email.encode()).hexdigest()
 
 
-async def get_contact_by_email(session: AsyncSession, email: str) -> Contact | None:
-    normalized = normalize_email(email)
-    return await session.scalar(select(Contact).where(Contact.normalized_email == normalized))
+def applicable_suppressions(organization_id: Any, hashes: Any) -> Select[str, str]:
+    """(address hash, reason) of the suppressions that hold for these hashes in this
+    organization: the mailbox facts and the organization's own rows."""
+    return select(Suppression.address_hash, Suppression.reason).where(
+        Suppression.address_hash.in_(hashes),
+        or_(Suppression.organization_id.is_(None), Suppression.organization_id == organization_id),
+    )
 
 
-async def get_or_create_contact(session: AsyncSession, email: str) -> tuple[Contact, bool]:
-    """The contact for an address and whether it was created now; safe under concurrency
-    (INSERT ... ON CONFLICT DO NOTHING, then read)."""
+async def get_contact_by_email(session: AsyncSession, organization_id: int, email: str) -> Contact | None:
     normalized = normalize_email(email)
-    existing = await session.scalar(select(Contact).where(Contact.normalized_email == normalized))
+    return await session.scalar(
+        select(Contact).where(
+            Contact.organization_id == organization_id, Contact.normalized_email == normalized
+        )
+    )
+
+
+async def get_or_create_contact(
+    session: AsyncSession, organization_id: int, email: str
+) -> tuple[Contact, bool]:
+    """The organization's contact for an address and whether it was created now; safe
+    under concurrency (INSERT ... ON CONFLICT DO NOTHING, then read)."""
+    normalized = normalize_email(email)
+    mine = (Contact.organization_id == organization_id, Contact.normalized_email == normalized)
+    existing = await session.scalar(select(Contact).where(*mine))
     if existing is not None:
         return existing, False
     reasons = (
-        await session.scalars(
-            select(Suppression.reason).where(Suppression.address_hash == address_hash(normalized))
-        )
+        await session.execute(applicable_suppressions(organization_id, [address_hash(normalized)]))
     ).all()
-    values: dict[str, object] = {"email": email.strip(), "normalized_email": normalized}
-    for reason in reasons:
+    values: dict[str, object] = {
+        "organization_id": organization_id,
+        "email": email.strip(),
+        "normalized_email": normalized,
+    }
+    for _, reason in reasons:
         values[SUPPRESSION_COLUMNS[reason]] = func.now()
     inserted = await session.scalar(
         insert(Contact)
         .values(**values)
-        .on_conflict_do_nothing(index_elements=["normalized_email"])
+        .on_conflict_do_nothing(index_elements=["organization_id", "normalized_email"])
         .returning(Contact.id)
     )
-    contact = await session.scalar(
-        select(Contact)
-        .where(Contact.normalized_email == normalized)
-        .execution_options(populate_existing=True)
-    )
+    contact = await session.scalar(select(Contact).where(*mine).execution_options(populate_existing=True))
     assert contact is not None
     return contact, inserted is not None
+
+
+MAILBOX_FACTS = {"hard_bounce": Contact.hard_bounced_at, "complaint": Contact.complained_at}
+
+
+async def record_mailbox_fact(session: AsyncSession, normalized_email: str, reason: str) -> list[int]:
+    """SES reported a hard bounce or complaint for the mailbox: every organization's
+    contact for the address is suppressed (once), and so is any contact created later.
+    Returns the ids of the contacts that changed."""
+    column = MAILBOX_FACTS[reason]
+    await session.execute(
+        insert(Suppression)
+        .values(organization_id=None, address_hash=address_hash(normalized_email), reason=reason)
+        .on_conflict_do_nothing(
+            index_elements=["address_hash", "reason"], index_where=Suppression.organization_id.is_(None)
+        )
+    )
+    changed = await session.scalars(
+        update(Contact)
+        .where(Contact.normalized_email == normalized_email, column.is_(None))
+        .values({column: func.now(), Contact.updated_at: func.now()})
+        .returning(Contact.id)
+    )
+    return list(changed)
 
 
 _EMAIL = TypeAdapter(EmailStr)

@@ -12,10 +12,9 @@ from datamailer_core.models import (
     Audience,
     CategoryPreference,
     EmailEvent,
-    Suppression,
     TransactionalMessage,
 )
-from datamailer_core.repositories.contacts import address_hash, normalize_email
+from datamailer_core.repositories.contacts import address_hash, applicable_suppressions, normalize_email
 
 
 async def get_message(session: AsyncSession, client_id: int, message_id: int) -> TransactionalMessage | None:
@@ -123,9 +122,8 @@ async def category_disabled(
     return found is not None
 
 
-async def suppression_reasons(session: AsyncSession, email: str) -> list[str]:
-    """Reasons kept for an erased address (what a new contact for it would inherit)."""
+async def suppression_reasons(session: AsyncSession, organization_id: int, email: str) -> list[str]:
+    """Reasons a new contact for the address would inherit in this organization."""
     hashed = address_hash(normalize_email(email))
-    return list(
-        (await session.scalars(select(Suppression.reason).where(Suppression.address_hash == hashed))).all()
-    )
+    rows = await session.execute(applicable_suppressions(organization_id, [hashed]))
+    return [reason for _, reason in rows]

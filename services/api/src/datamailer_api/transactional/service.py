@@ -231,10 +231,10 @@ async def suppression_without_writing(
     """The address's contact, if any, and its suppression, read without writing (a dry
     run, a campaign test send). With no contact yet: what the one a send would create
     inherits from an erased address."""
-    contact = await contacts.get_contact_by_email(session, email)
+    contact = await contacts.get_contact_by_email(session, client.organization_id, email)
     if contact is not None:
         return contact, _contact_suppression(contact)
-    reasons = set(await transactional.suppression_reasons(session, email))
+    reasons = set(await transactional.suppression_reasons(session, client.organization_id, email))
     return None, Suppression(
         hard_bounced="hard_bounce" in reasons,
         complained="complaint" in reasons,
@@ -311,7 +311,7 @@ async def send(session: AsyncSession, auth: AuthContext, body: SendIn, pool: Ren
         preview = Preview(envelope, sender, template.key, body.idempotency_key, rendered, reason)
         return SendResult(preview=preview)
 
-    contact, _ = await contacts.get_or_create_contact(session, envelope.email)
+    contact, _ = await contacts.get_or_create_contact(session, client.organization_id, envelope.email)
     reason = await _decide(session, contact, _contact_suppression(contact), body, audience, client)
     idempotency_key = body.idempotency_key or uuid.uuid4().hex
     message = await transactional.create_message(
