@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
 from starlette.routing import Match
 
 from datamailer_core.errors import DatamailerError
@@ -20,6 +21,9 @@ _REASONS = {
     "too_short": "too_short",
     "extra_forbidden": "unknown_field",
     "json_invalid": "invalid_json",
+    "too_deep": "too_deep",
+    "too_large": "too_large",
+    "timezone_aware": "timezone_required",
 }
 _OBJECT_ERRORS = {"model_attributes_type", "dict_type", "model_type"}
 _STATUS_CODES = {
@@ -35,8 +39,9 @@ def error_body(code: str, message: str, fields: dict[str, str] | None = None, **
 
 
 def _is_json(request: Request) -> bool:
+    """A body without a Content-Type is not taken for JSON (FastAPI does not parse it)."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    return ctype in ("", "application/json") or ctype.endswith("+json")
+    return ctype == "application/json" or (ctype.startswith("application/") and ctype.endswith("+json"))
 
 
 def _path(loc: Sequence[int | str]) -> str:
@@ -70,8 +75,10 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
-    body_errors = [e for e in errors if tuple(e.get("loc", ()))[:1] == ("body",)]
-    if body_errors and not _is_json(request) and "multipart" not in request.headers.get("content-type", ""):
+    # A body sent as anything but JSON (or with no Content-Type) reaches validation as raw
+    # bytes; an absent body is only `missing`, whatever the headers say.
+    sent = [e for e in errors if tuple(e.get("loc", ()))[:1] == ("body",) and e.get("type") != "missing"]
+    if sent and not _is_json(request) and "multipart" not in request.headers.get("content-type", ""):
         return JSONResponse(
             error_body("unsupported_media_type", "send application/json", {"body": "unsupported_media_type"}),
             415,
@@ -79,8 +86,22 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body("validation_error", "invalid request", validation_fields(errors)), 400)
 
 
+def _unparsable_body(exc: StarletteHTTPException) -> JSONResponse | None:
+    """A 400 HTTPException is the framework's word that the body could not be parsed: JSON
+    the decoder gives up on (nesting past the recursion limit, an integer over Python's
+    digit limit) or a malformed multipart body. Both are validation errors of `body`."""
+    if exc.status_code != 400:
+        return None
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, MultiPartException):
+        return JSONResponse(error_body("validation_error", cause.message, {"body": "invalid_multipart"}), 400)
+    return JSONResponse(error_body("validation_error", "invalid request", {"body": "invalid_json"}), 400)
+
+
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if (unparsable := _unparsable_body(exc)) is not None:
+        return unparsable
     code = _STATUS_CODES.get(exc.status_code, "error")
     extra: dict[str, Any] = {}
     headers = dict(exc.headers or {})

@@ -196,6 +196,9 @@ def parse_message(body: str | bytes, expected: QueueName | None = None) -> Queue
     The envelope is checked first, in this order, so the reason names the first thing
     wrong: invalid_json, invalid_payload (not an object), unknown_contract, wrong_queue
     (when `expected` is given), unsupported_version, then invalid_payload (the fields).
+    A raw SNS `Notification` envelope or raw-delivery SES event (no `contract` key) is
+    normalized to `SesWebhookV1` when `expected` is None or `ses-webhooks`
+    (`datamailer_core.ses_notifications.normalize`).
     """
     if expected is not None and expected not in QUEUE_NAMES:
         raise ValueError(f"expected must be one of {QUEUE_NAMES}, got {expected!r}")
@@ -205,6 +208,13 @@ def parse_message(body: str | bytes, expected: QueueName | None = None) -> Queue
         raise ContractError("invalid_json", str(exc)) from None
     if not isinstance(data, dict):
         raise ContractError("invalid_payload", f"body is a JSON {type(data).__name__}, not an object")
+
+    if expected in (None, "ses-webhooks"):
+        # SNS → SQS delivers SES notifications without our envelope (queues.md).
+        from datamailer_core.ses_notifications import is_raw_notification, normalize  # noqa: PLC0415
+
+        if is_raw_notification(data):
+            return normalize(data)
 
     contract = data.get("contract")
     if not isinstance(contract, str) or contract not in QUEUE_NAMES:

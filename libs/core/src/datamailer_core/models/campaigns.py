@@ -43,6 +43,8 @@ SKIP_REASONS: Final = (
     "suppressed",
     "category_unsubscribe",
 )
+# The bounce / complaint guard (repositories/campaigns.py, `pause_if_rates_exceeded`).
+PAUSE_REASONS: Final = ("bounce_rate_exceeded", "complaint_rate_exceeded")
 COUNTERS: Final = (
     "recipient_count",
     "sent_count",
@@ -92,6 +94,9 @@ class Campaign(EagerDefaults, TimestampMixin, Base):
     sent_at: Mapped[datetime | None]
     cancelled_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
+    # Why the campaign paused itself (PAUSE_REASONS); NULL for an operator's pause and
+    # cleared on resume.
+    paused_reason: Mapped[str | None] = mapped_column(Text)
     # Snapshot progress: contacts are snapshotted in id ranges from `snapshot_start` up to
     # `snapshot_target` (the client's subscribers' id range when it started);
     # `snapshot_cursor` is the last id done.

@@ -1,11 +1,14 @@
 """Contacts, subscriptions, tags, category preferences, erase and history."""
 
+import re
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
 from datamailer_api.audience import service
 from datamailer_api.audience.schemas import (
+    NO_CONTROL,
+    SLUG_PATTERN,
     CategoryOut,
     ContactId,
     ContactOut,
@@ -30,7 +33,7 @@ from datamailer_api.audience.schemas import (
 )
 from datamailer_api.deps import CurrentClient
 from datamailer_core import policy
-from datamailer_core.errors import Conflict, NotFound
+from datamailer_core.errors import Conflict, NotFound, ValidationFailed
 from datamailer_core.models import Contact
 from datamailer_core.repositories import audience_queries as queries
 from datamailer_core.repositories.audience import ContactInput, apply_contacts
@@ -213,12 +216,12 @@ async def unsubscribe(body: UnsubscribeIn, auth: CurrentClient, session: Session
 
 @router.get("/contacts/preferences", response_model=PreferencesOut, tags=["preferences"])
 async def get_preferences(
-    email: Annotated[str, Query(max_length=320)],
+    email: Annotated[str, Query(max_length=320, pattern=NO_CONTROL)],
     audience: ScopeQuery,
     client: ScopeQuery,
     auth: CurrentClient,
     session: SessionDep,
-    category_tags: Annotated[str | None, Query(max_length=2000)] = None,
+    category_tags: Annotated[str | None, Query(max_length=2000, pattern=NO_CONTROL)] = None,
 ) -> PreferencesOut:
     """Category preferences; a category with no stored choice reads enabled."""
     scope = await service.resolve_scope(session, auth, audience, client)
@@ -231,8 +234,10 @@ async def get_preferences(
         if view
         else {}
     )
-    asked = [t for t in (category_tags or "").split(",") if t.strip()]
-    tags = [t.strip() for t in asked] if asked else sorted(stored)
+    asked = [t.strip() for t in (category_tags or "").split(",") if t.strip()]
+    if not all(re.fullmatch(SLUG_PATTERN, t) for t in asked):
+        raise ValidationFailed("category_tags are comma-separated slugs", fields={"category_tags": "invalid"})
+    tags = asked or sorted(stored)
     categories = [
         CategoryOut(
             tag=t,

@@ -2,7 +2,15 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Path, Query
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StringConstraints,
+)
 
 from datamailer_core.repositories.audience_queries import MAX_ID
 
@@ -20,6 +28,8 @@ ValidationStatus = Literal[
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 # PostgreSQL text cannot hold NUL: such input is invalid, never a database error.
 NO_NUL = r"^[^\x00]*$"
+# Query values echoed back or compared as text: no control characters at all.
+NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
 Slug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN)]
 Email = Annotated[str, StringConstraints(max_length=320)]
 Reason = Annotated[str, StringConstraints(max_length=500, pattern=NO_NUL)]
@@ -41,6 +51,8 @@ def _storable(value: datetime) -> datetime:
 
 
 Timestamp = Annotated[datetime, AfterValidator(_storable)]
+# A time that must carry its offset (`timezone_required` otherwise), e.g. a schedule.
+AwareTimestamp = Annotated[AwareDatetime, AfterValidator(_storable)]
 
 EXAMPLE = {"email": "alice@example.com", "audience": "newsletter", "client": "web"}
 
@@ -61,16 +73,16 @@ class EmailValidationIn(Strict):
 
 
 class SuppressionFlags(Strict):
-    global_unsubscribed: bool | None = None
-    hard_bounced: bool | None = None
-    complained: bool | None = None
+    global_unsubscribed: StrictBool | None = None
+    hard_bounced: StrictBool | None = None
+    complained: StrictBool | None = None
 
 
 class ImportItem(Strict):
     email: Email
     status: SubscriptionStatus | None = None
     tags: list[Slug] = Field(default_factory=list, max_length=100)
-    verified: bool | None = None
+    verified: StrictBool | None = None
     email_validation: EmailValidationIn | None = None
     suppression: SuppressionFlags | None = None
 
@@ -90,7 +102,7 @@ class ImportIn(Scoped):
         json_schema_extra={"examples": [{**EXAMPLE, "contacts": [{"email": "bob@example.com"}]}]},
     )
     contacts: list[dict[str, Any]] = Field(max_length=10_000)
-    dry_run: bool = False
+    dry_run: StrictBool = False
 
 
 class ValidationOut(BaseModel):
@@ -130,7 +142,7 @@ class ContactOut(ContactStatus):
 
 
 class VerificationIn(Strict):
-    verified: bool
+    verified: StrictBool
     verified_at: Timestamp | None = None
     audience: ScopeSlug | None = None
     client: ScopeSlug | None = None
@@ -171,7 +183,7 @@ class UnsubscribeIn(Scoped):
 
 class CategoryIn(Strict):
     tag: Slug
-    enabled: bool
+    enabled: StrictBool
     label: Annotated[str, StringConstraints(max_length=200, pattern=NO_NUL)] | None = None
 
 

@@ -8,6 +8,7 @@ from datamailer_api.campaigns.schemas import (
     CampaignIn,
     CampaignUpsertOut,
     ExternalKey,
+    NewExternalKey,
     OptionalScopeQuery,
     PreviewIn,
     PreviewOut,
@@ -32,7 +33,11 @@ ACTION_ERRORS = error_responses(409, 413, 415)
     responses={201: {"model": CampaignUpsertOut, "description": "Created"}, **ACTION_ERRORS},
 )
 async def put_campaign(
-    external_key: ExternalKey, body: CampaignIn, auth: CurrentClient, session: SessionDep, response: Response
+    external_key: NewExternalKey,
+    body: CampaignIn,
+    auth: CurrentClient,
+    session: SessionDep,
+    response: Response,
 ) -> CampaignUpsertOut:
     """Create (201) or replace (200) a draft campaign. Once queued it is 409
     `not_editable`. Tags are stored sorted and de-duplicated; `from_email` is a sender id."""
@@ -139,7 +144,11 @@ async def test_send_campaign(
     """Send the campaign now to at most 25 addresses (subject prefixed `[Test] `), in
     any status; no recipient rows, counters or events. One result per address."""
     found = await service.find_scoped(session, auth, external_key, body)
-    return await service.test_send(session, auth, found, body, settings, sesv2)
+    # No connection is held across the SES calls: detach what was read, end the
+    # read-only transaction (a rollback would expire attached objects).
+    session.expunge_all()
+    await session.rollback()
+    return await service.test_send(auth, found, body, settings, sesv2)
 
 
 @router.get("/{external_key}/recipients", response_model=RecipientsOut)

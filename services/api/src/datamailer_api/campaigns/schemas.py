@@ -1,12 +1,13 @@
 """Request and response bodies of the campaign routes (api.md, "Campaigns")."""
 
+import unicodedata
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Path, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from datamailer_api.audience.schemas import NO_NUL, ScopeSlug, Slug, Timestamp
+from datamailer_api.audience.schemas import NO_NUL, AwareTimestamp, ScopeSlug, Slug
 from datamailer_api.transactional.schemas import JsonObject, Text
 
 MAX_TAGS = 100
@@ -23,6 +24,19 @@ ExternalKey = Annotated[
         description="The client's key for the campaign, e.g. `2026-11-newsletter`.",
     ),
 ]
+
+
+def _addressable_key(key: str) -> str:
+    """A key a client can tell apart and put in a URL: not `.` or `..` (dot segments a
+    client library would resolve away), no leading or trailing whitespace (so never blank),
+    no format characters (bidi controls, zero-width joiners: invisible or reordering)."""
+    if key in (".", "..") or key != key.strip() or any(unicodedata.category(ch) == "Cf" for ch in key):
+        raise ValueError("not a usable campaign key")
+    return key
+
+
+# What `PUT` accepts for a new or replaced campaign; the other routes look keys up as given.
+NewExternalKey = Annotated[ExternalKey, AfterValidator(_addressable_key)]
 OptionalScopeQuery = Annotated[str | None, Query(min_length=1, max_length=120, pattern=NO_NUL)]
 RecipientStatus = Literal[
     "pending", "sending", "sent", "skipped", "failed", "bounced", "complained", "unsubscribed"
@@ -30,13 +44,13 @@ RecipientStatus = Literal[
 
 EXAMPLE: dict[str, Any] = {
     "audience": "newsletter",
-    "client": "web",
+    "client": "demo-app",
     "subject": "November news, {{ email }}",
     "preview_text": "What changed this month",
     "html_body": '<p>Hello!</p><p><a href="https://example.com/news">Read</a></p>'
     '<p><a href="{{ unsubscribe_url }}">Unsubscribe</a></p>',
     "text_body": "Hello!\n\nRead: https://example.com/news\n\nUnsubscribe: {{ unsubscribe_url }}",
-    "from_email": "news",
+    "from_email": "demo",
     "include_tags": ["customers"],
     "exclude_tags": ["churned"],
     "category_tag": "newsletter",
@@ -62,8 +76,9 @@ class CampaignIn(BaseModel):
     category_tag: Slug | None = Field(
         default=None, description="Contacts who disabled this category are skipped."
     )
-    scheduled_at: Timestamp | None = Field(
-        default=None, description="Queueing before this time schedules the campaign for it (naive = UTC)."
+    scheduled_at: AwareTimestamp | None = Field(
+        default=None,
+        description="Queueing before this time schedules the campaign for it; an offset or `Z` is required.",
     )
     metadata: JsonObject = Field(default_factory=dict)
 
@@ -72,7 +87,7 @@ class ScopeIn(BaseModel):
     """Optional body of the action routes: the scope, checked like everywhere else."""
 
     model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"audience": "newsletter", "client": "web"}]}
+        extra="forbid", json_schema_extra={"examples": [{"audience": "newsletter", "client": "demo-app"}]}
     )
     audience: ScopeSlug | None = None
     client: ScopeSlug | None = None
@@ -81,10 +96,12 @@ class ScopeIn(BaseModel):
 class PreviewIn(ScopeIn):
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"client": "web", "context": {"first_name": "Ada"}}]},
+        json_schema_extra={"examples": [{"client": "demo-app", "context": {"first_name": "Ada"}}]},
     )
     email: Text | None = Field(default=None, max_length=320, description="Shown as the recipient.")
-    context: JsonObject = Field(default_factory=dict, description="Extra template values.")
+    context: JsonObject = Field(
+        default_factory=dict, description="Extra template values (at most 32 levels deep, 64 KiB as JSON)."
+    )
 
 
 MAX_TEST_EMAILS = 25
@@ -102,18 +119,16 @@ class TestSendIn(ScopeIn):
         max_length=MAX_TEST_EMAILS,
         description="At most 25 addresses; no recipient rows are written.",
     )
-    context: JsonObject = Field(default_factory=dict, description="Extra template values.")
+    context: JsonObject = Field(
+        default_factory=dict, description="Extra template values (at most 32 levels deep, 64 KiB as JSON)."
+    )
 
 
 class TestSendResult(BaseModel):
     email: str
-    status: Literal["sent", "skipped", "failed"]
+    status: Literal["sent", "failed"]
     message_id: str | None = Field(default=None, description="The SES message id when sent.")
-    reason: str | None = Field(
-        default=None,
-        description="Why it was skipped (`hard_bounce`, `complaint`, `global_unsubscribe`) or failed "
-        "(e.g. `MessageRejected`).",
-    )
+    reason: str | None = Field(default=None, description="Why it failed, e.g. `MessageRejected`.")
 
 
 class TestSendOut(BaseModel):

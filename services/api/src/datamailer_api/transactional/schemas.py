@@ -1,17 +1,26 @@
 """Request and response bodies of the transactional routes (api.md, "Transactional
 templates" and "Transactional send")."""
 
+import json
 import math
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from datamailer_core.templating import is_storable_text
 
 MAX_ADDRESS_LIST = 20
 MAX_HEADERS = 20
+
+
+# Bounds of every client-supplied JSON object that is stored or rendered (`context`,
+# `metadata`, `example_context`): at most 32 levels of nesting (the object itself is level
+# 1) and 64 KiB once serialized as compact UTF-8 JSON. Deeper input is `too_deep`, larger
+# `too_large`, both before anything recursive (validation, rendering, storage) touches it.
+MAX_JSON_DEPTH = 32
+MAX_JSON_BYTES = 64 * 1024
 
 
 def _storable(value: Any) -> bool:
@@ -21,10 +30,6 @@ def _storable(value: Any) -> bool:
         return is_storable_text(value)
     if isinstance(value, float):
         return math.isfinite(value)
-    if isinstance(value, list):
-        return all(_storable(item) for item in value)
-    if isinstance(value, dict):
-        return all(_storable(k) and _storable(v) for k, v in value.items())
     return True
 
 
@@ -34,8 +39,32 @@ def _require_storable(value: Any) -> Any:
     return value
 
 
+def _bounded_json(value: dict[str, Any]) -> dict[str, Any]:
+    """Walks the object iteratively (no recursion, whatever the input's depth)."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise PydanticCustomError(
+                    "too_deep", "nested more than {limit} levels", {"limit": MAX_JSON_DEPTH}
+                )
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
+        else:
+            _require_storable(item)
+    size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
+    if size > MAX_JSON_BYTES:
+        raise PydanticCustomError("too_large", "larger than {limit} bytes as JSON", {"limit": MAX_JSON_BYTES})
+    return value
+
+
 Text = Annotated[str, AfterValidator(_require_storable)]
-JsonObject = Annotated[dict[str, Any], AfterValidator(_require_storable)]
+JsonObject = Annotated[
+    dict[str, Any],
+    AfterValidator(_bounded_json),
+    Field(description="A JSON object: at most 32 levels deep and 64 KiB as compact JSON."),
+]
 
 
 # A name, or `{"name", "description"}`; checked by the service so that errors name the
@@ -83,7 +112,7 @@ class TemplateIn(BaseModel):
     text_body: Text | None = None
     required_context: list[RequiredContextEntry] = Field(default_factory=list, max_length=100)
     example_context: JsonObject = Field(default_factory=dict)
-    is_active: bool = True
+    is_active: StrictBool = True
     default_sender_id: Text | None = Field(default=None, description="One of the client's sender ids.")
 
 
@@ -151,7 +180,7 @@ class SendIn(BaseModel):
     )
     audience: Text | None = None
     client: Text | None = Field(default=None, description="The client slug; must be the key's own.")
-    dry_run: bool = False
+    dry_run: StrictBool = False
 
 
 class MessageOut(BaseModel):
