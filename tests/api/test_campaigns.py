@@ -3,6 +3,7 @@ isolation, queueing (off the request path), preview and test sends (through moto
 
 import email
 import email.policy
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -11,8 +12,8 @@ from httpx import AsyncClient
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from datamailer_core.models import Campaign
-from datamailer_core.repositories import scope
+from datamailer_core.models import Campaign, Suppression
+from datamailer_core.repositories import contacts, scope
 from tests.api.campaign_factories import CAMPAIGNS, campaign_body, put_campaign
 from tests.factories import Tenant, TenantFactory
 
@@ -358,3 +359,40 @@ async def test_test_send_limits_and_errors(api: AsyncClient, tenant: Tenant, api
     [result] = unverified.json()["results"]
     assert (result["status"], result["reason"]) == ("failed", "MessageRejected")
     assert moto_ses_messages(api_app) == []
+
+
+async def test_test_send_skips_suppressed_addresses_like_a_transactional_send(
+    api: AsyncClient, tenant: Tenant, api_app: Any, session: AsyncSession
+) -> None:
+    await api_app.state.sesv2.create_email_identity(EmailIdentity="news@app.example.com")
+    await put_campaign(api, tenant, category_tag=None)
+    now = datetime.now(UTC)
+    for address, column in [
+        ("bounced@example.com", "hard_bounced_at"),
+        ("complained@example.com", "complained_at"),
+        ("gone@example.com", "global_unsubscribed_at"),
+    ]:
+        contact, _ = await contacts.get_or_create_contact(
+            session, tenant.scope.client.organization_id, address
+        )
+        setattr(contact, column, now)
+    # An erased address keeps its suppression without a contact row (a mailbox fact here).
+    session.add(Suppression(address_hash=contacts.address_hash("erased@example.com"), reason="hard_bounce"))
+    await session.commit()
+
+    emails = ["Bounced@Example.com", "complained@example.com", "gone@example.com", "erased@example.com"]
+    response = await api.post(
+        f"{CAMPAIGNS}/nov/test-send", json={"emails": [*emails, "editor@example.com"]}, headers=tenant.headers
+    )
+
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [(r["email"], r["status"], r["reason"]) for r in results] == [
+        ("Bounced@Example.com", "skipped", "hard_bounce"),
+        ("complained@example.com", "skipped", "complaint"),
+        ("gone@example.com", "skipped", "global_unsubscribe"),
+        ("erased@example.com", "skipped", "hard_bounce"),
+        ("editor@example.com", "sent", None),
+    ]
+    assert [m["To"] for m in moto_ses_messages(api_app)] == ["editor@example.com"]
+    assert await session.scalar(text("SELECT count(*) FROM contacts")) == 3

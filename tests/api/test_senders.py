@@ -37,6 +37,23 @@ async def test_put_replaces_senders_and_default(api: AsyncClient, tenant: Tenant
         ),
         ({"senders": [{"id": "a", "email": "a@example.com, b@example.com"}]}, {"senders.0.email": "invalid"}),
         ({"senders": [{"id": "Bad Id", "email": "a@example.com"}]}, {"senders.0.id": "invalid"}),
+        ({"senders": [{"id": "sb\n", "email": "a@example.com"}]}, {"senders.0.id": "invalid"}),
+        *(
+            ({"senders": [{"id": "a", "email": email}]}, {"senders.0.email": "invalid"})
+            for email in (
+                "Sib\u000bBcc: e3@evil.com <sib@example.net>",
+                "Sib <sib@example.net> trailing",
+                "sib@example.net> trailing",
+                "Sib: <sib@example.net>",
+                "sib@example.net\n",
+                "Sib\x0c <sib@example.net>",
+                "Sib\x85 <sib@example.net>",
+                "Sib\u2028 <sib@example.net>",
+                "Sib\u2029 <sib@example.net>",
+                "Sib\u202e <sib@example.net>",
+                "Sib\t <sib@example.net>",
+            )
+        ),
         (
             {"senders": [{"id": "a", "email": "a@example.com"}, {"id": "a", "email": "b@example.com"}]},
             {"senders.1.id": "duplicate"},
@@ -60,3 +77,11 @@ async def test_invalid_senders_are_rejected_and_nothing_changes(
     assert response.json()["error"]["code"] == "validation_error"
     assert response.json()["error"]["fields"] == fields
     assert (await api.get(SENDERS, headers=tenant.headers)).json() == before
+
+
+async def test_a_quoted_display_name_is_one_mailbox(api: AsyncClient, tenant: Tenant) -> None:
+    body = {"senders": [{"id": "acme", "email": '"Acme, Inc." <news@example.com>'}]}
+    response = await api.put(SENDERS, json=body, headers=tenant.headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["senders"] == body["senders"]
+    assert response.json()["default_sender_id"] == "acme"

@@ -79,6 +79,8 @@ async def test_default_sender_must_be_configured(api: AsyncClient, tenant: Tenan
         ({"required_context": ["ok", "not a name"]}, {"required_context.1": "invalid"}),
         ({"required_context": [{"nom": "x"}]}, {"required_context.0": "invalid"}),
         ({"required_context": ["a", "a"]}, {"required_context.1": "duplicate"}),
+        ({"required_context": ["name\n"]}, {"required_context.0": "invalid"}),
+        ({"required_context": [{"name": "user.name\n"}]}, {"required_context.0": "invalid"}),
         ({"example_context": {"x": "nul\x00"}}, {"example_context": "invalid"}),
         ({"surprise": True}, {"surprise": "unknown_field"}),
     ],
@@ -99,6 +101,16 @@ async def test_a_key_that_cannot_be_a_template_key_is_rejected(api: AsyncClient,
     assert response.status_code == 400
     assert response.json()["error"]["fields"] == {"key": "invalid"}
     assert (await api.get(f"{TEMPLATES}/-bad%20key", headers=tenant.headers)).status_code == 404
+
+
+async def test_a_key_with_a_trailing_newline_is_rejected(api: AsyncClient, tenant: Tenant) -> None:
+    response = await api.put(f"{TEMPLATES}/abc%0A", json=template_body(), headers=tenant.headers)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["fields"] == {"key": "invalid"}
+    assert (
+        await api.put(f"{TEMPLATES}/abc", json=template_body(), headers=tenant.headers)
+    ).status_code == 201
+    assert (await api.get(f"{TEMPLATES}/abc%0A", headers=tenant.headers)).status_code == 404
 
 
 async def test_unknown_template_is_404_in_the_envelope(api: AsyncClient, tenant: Tenant) -> None:

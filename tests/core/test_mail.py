@@ -170,3 +170,75 @@ def test_raw_mime_encodes_non_ascii_subjects_names_and_bodies_and_parses_back() 
 def test_recipient_addresses_with_line_breaks_or_lists_are_refused(to: str) -> None:
     with pytest.raises(InvalidMessage):
         build_ses_request(OutgoingEmail(from_address="news@example.com", to=[to], subject="s", text_body="x"))
+
+
+CONTROLS = ["\n", "\r", "\x0b", "\x0c", "\x85", "\u2028", "\u2029", "\x1b", "\t", "\u202e", "\ufeff"]
+
+
+@pytest.mark.parametrize("control", CONTROLS)
+def test_no_control_character_reaches_a_header_name_value_or_display_name(control: str) -> None:
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"headers": {f"Bcc{control}": "victim@example.com"}}, "invalid_headers"),
+        ({"headers": {f"X-Ref{control}": "1"}}, "invalid_headers"),
+        ({"headers": {"X-Ref": f"a{control}Bcc: victim@example.com"}}, "invalid_headers"),
+        ({"display_name": f"Support{control}Bcc: victim@example.com"}, "invalid_from"),
+        ({"from_address": f"Support{control}Bcc: e@evil.com <support@example.com>"}, "invalid_from"),
+        ({"reply_to": [f"Help{control} <help@example.com>"]}, "invalid_reply_to"),
+        ({"cc": [f"Copy <copy@example.com>{control}"]}, "invalid_cc"),
+        ({"bcc": [f"blind@example.com{control}"]}, "invalid_bcc"),
+    ]
+    for overrides, reason in cases:
+        with pytest.raises(InvalidMessage) as caught:
+            build_ses_request(mail(**overrides))
+        assert caught.value.reason == reason, overrides
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "Sib\u000bBcc: e3@evil.com <sib@example.net>",
+        "Sib <sib@example.net> trailing",
+        "Sib <sib@example.net>, Eve <eve@example.net>",
+        "sib@example.net> x",
+        "<sib@example.net> <eve@example.net>",
+        "Sib: <sib@example.net>",
+        '"Sib" Eve <sib@example.net>',
+        "sib@example.net (comment)",
+        "Sib <sib@example.net",
+    ],
+)
+def test_an_address_field_is_exactly_one_mailbox_or_refused(address: str) -> None:
+    for field in ("from_address", "reply_to", "cc", "bcc", "to"):
+        value = address if field == "from_address" else [address]
+        with pytest.raises(InvalidMessage):
+            build_ses_request(mail(**{field: value}))
+
+
+def test_one_mailbox_with_a_bare_or_quoted_display_name_is_accepted() -> None:
+    request = build_ses_request(
+        mail(
+            from_address='"Acme, Inc." <news@example.com>',
+            reply_to=["Dr. Who <who@example.com>"],
+            cc=['"Say \\"hi\\"" <hi@example.com>', "<plain@example.com>"],
+            headers={"X-Ref": "1"},
+        )
+    )
+    raw = raw_of(request)
+    assert raw["From"].addresses[0].display_name == "Acme, Inc."
+    assert raw["Reply-To"].addresses[0].display_name == "Dr. Who"
+    assert [(a.display_name, a.addr_spec) for a in raw["Cc"].addresses] == [
+        ('Say "hi"', "hi@example.com"),
+        ("", "plain@example.com"),
+    ]
+
+
+def test_every_line_break_in_the_subject_becomes_a_space() -> None:
+    subject = "A\x0bB\x0cC\x85D\u2028E\u2029F\nBcc: victim@example.com"
+    for headers in ({}, {"X-Ref": "1"}):
+        request = build_ses_request(mail(subject=subject, headers=headers))
+        if headers:
+            raw = raw_of(request)
+            assert raw["Bcc"] is None
+            assert raw["Subject"] == "A B C D E F Bcc: victim@example.com"
+        else:
+            assert request["Content"]["Simple"]["Subject"]["Data"] == "A B C D E F Bcc: victim@example.com"

@@ -2,25 +2,28 @@
 
 `Simple` content when the message is only From/To/Subject/bodies/Reply-To; `Raw` MIME
 (written here, see `_raw_mime`) when custom headers, Cc or Bcc are present. Everything that becomes a
-header is checked here, whatever the caller validated before: no CR/LF/NUL in any header,
-one address per address field, reserved header names refused. Campaign sending reuses
+header is checked here, whatever the caller validated before: no control character in any
+header (`has_control`), exactly one mailbox per address field (`parse_mailbox`), reserved
+header names refused. Campaign sending reuses
 this with `List-Unsubscribe`/`List-Unsubscribe-Post` in `headers`.
 """
 
 import base64
 import functools
+import itertools
 import re
 import secrets
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from email.header import Header
 from email.headerregistry import Address
-from email.utils import formataddr, formatdate, parseaddr
+from email.utils import formataddr, formatdate
 from typing import Any, NamedTuple
 
 from datamailer_core.errors import DatamailerError
 
-HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9-]{1,80}$")
+HEADER_NAME_RE = re.compile(r"[A-Za-z0-9-]{1,80}")  # use with fullmatch
 RESERVED_HEADERS = frozenset(
     {
         "from",
@@ -42,7 +45,8 @@ MAX_HEADERS = 50
 MAX_HEADER_VALUE = 998
 # SES message tag names and values: ASCII letters, digits, `_` and `-`, at most 256.
 _TAG_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
-_LINE_BREAKS = re.compile(r"[\r\n\0]+")
+# Format characters that scripts and emoji sequences need (zero-width non-joiner, joiner).
+_ALLOWED_FORMAT = frozenset("\u200c\u200d")
 CRLF = "\r\n"
 
 
@@ -78,28 +82,73 @@ class Mailbox(NamedTuple):
     addr_spec: str
 
 
+def _is_control(ch: str) -> bool:
+    category = unicodedata.category(ch)
+    return category in ("Cc", "Zl", "Zp") or (category == "Cf" and ch not in _ALLOWED_FORMAT)
+
+
+def has_control(value: str) -> bool:
+    """Whether `value` holds a control character (tab, CR, LF, VT, FF, NEL, ...), a line or
+    paragraph separator, or a format character other than ZWNJ/ZWJ: none may reach a
+    header, which is one line of text."""
+    if value.isprintable():  # false for every such character (and for a few harmless ones)
+        return False
+    return value.isascii() or any(_is_control(ch) for ch in value)
+
+
+def one_line(value: str) -> str:
+    """`value` with each run of control characters replaced by a space, trimmed."""
+    if has_control(value):
+        value = "".join(
+            " " if control else "".join(run) for control, run in itertools.groupby(value, _is_control)
+        )
+    return value.strip()
+
+
 # A bare ASCII dot-atom address (most recipients): accepted without the slow parser.
 _PLAIN_ADDRESS = re.compile(
     r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
     r"@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+"
 )
+# One mailbox and nothing else: `addr@domain`, or `Display Name <addr@domain>` with the
+# name bare (no specials) or quoted. Anything around or after it is refused, not dropped.
+_ADDR_SPEC = r'[^\s<>"(),;:\\\[\]@]+@[^\s<>"(),;:\\\[\]@]+'
+_MAILBOX = re.compile(
+    rf"(?P<bare>{_ADDR_SPEC})"
+    rf'|(?:"(?P<quoted>(?:[^"\\]|\\.)*)"|(?P<phrase>[^"<>()\[\]\\,;:@]*?))\s*<(?P<addr>{_ADDR_SPEC})>'
+)
+_QUOTED_PAIR = re.compile(r"\\(.)")
+
+
+def parse_mailbox(value: str) -> Mailbox | None:
+    """The one mailbox `value` is (surrounding spaces aside), or None."""
+    if has_control(value):
+        return None
+    match = _MAILBOX.fullmatch(value.strip())
+    if match is None:
+        return None
+    if match["bare"] is not None:
+        name, addr = "", match["bare"]
+    elif match["quoted"] is not None:
+        name, addr = _QUOTED_PAIR.sub(r"\1", match["quoted"]), match["addr"]
+    else:
+        name, addr = match["phrase"].strip(), match["addr"]
+    local, _, domain = addr.rpartition("@")
+    try:
+        parsed = Address(display_name=name, username=local, domain=domain)
+    except ValueError:
+        return None
+    return Mailbox(parsed.display_name, parsed.addr_spec)
 
 
 @functools.lru_cache(maxsize=1024)  # senders repeat for every message of a campaign
 def _address(value: str, what: str) -> Mailbox:
     if _PLAIN_ADDRESS.fullmatch(value):  # fullmatch: no trailing newline either
         return Mailbox("", value)
-    if _LINE_BREAKS.search(value):
-        raise InvalidMessage(f"invalid_{what}", f"{what} contains a line break")
-    name, addr = parseaddr(value)
-    local, sep, domain = addr.rpartition("@")
-    if not sep or not local or not domain or "," in value.replace(name, "", 1):
-        raise InvalidMessage(f"invalid_{what}", f"{what} is not one address")
-    try:
-        parsed = Address(display_name=name, username=local, domain=domain)
-    except ValueError:
-        raise InvalidMessage(f"invalid_{what}", f"{what} is not one address") from None
-    return Mailbox(parsed.display_name, parsed.addr_spec)
+    mailbox = parse_mailbox(value)
+    if mailbox is None:
+        raise InvalidMessage(f"invalid_{what}", f"{what} is not exactly one address")
+    return mailbox
 
 
 def _mailbox(addr: Mailbox) -> str:
@@ -113,8 +162,8 @@ def _mailbox(addr: Mailbox) -> str:
 def sender_mailbox(email: OutgoingEmail) -> str:
     addr = _address(email.from_address, "from")
     if email.display_name is not None:
-        if _LINE_BREAKS.search(email.display_name):
-            raise InvalidMessage("invalid_from", "display name contains a line break")
+        if has_control(email.display_name):
+            raise InvalidMessage("invalid_from", "display name contains a control character")
         addr = Mailbox(email.display_name, addr.addr_spec)
     return _mailbox(addr)
 
@@ -124,9 +173,9 @@ def _clean_headers(headers: Mapping[str, str]) -> list[tuple[str, str]]:
         raise InvalidMessage("invalid_headers", "too many headers")
     cleaned = []
     for name, value in headers.items():
-        if not HEADER_NAME_RE.match(name) or name.lower() in RESERVED_HEADERS:
+        if not HEADER_NAME_RE.fullmatch(name) or name.lower() in RESERVED_HEADERS:
             raise InvalidMessage("invalid_headers", f"header name {name!r} is not allowed")
-        if not isinstance(value, str) or _LINE_BREAKS.search(value) or len(value) > MAX_HEADER_VALUE:
+        if not isinstance(value, str) or has_control(value) or len(value) > MAX_HEADER_VALUE:
             raise InvalidMessage("invalid_headers", f"header {name} has an invalid value")
         cleaned.append((name, value))
     return cleaned
@@ -139,7 +188,7 @@ def tag_value(value: object) -> str:
 
 def _header(name: str, value: str) -> str:
     """`Name: value`, RFC 2047-encoded (and folded) when the value is not plain ASCII or
-    the line would be too long. Values never hold CR/LF here (checked before)."""
+    the line would be too long. Values never hold a control character here (checked before)."""
     if value.isascii() and len(name) + len(value) < 900:
         return f"{name}: {value}"
     return f"{name}: {Header(value, 'utf-8', header_name=name).encode(linesep=CRLF)}"
@@ -212,7 +261,7 @@ def build_ses_request(
         raise InvalidMessage("invalid_to", "no recipient")
     headers = _clean_headers(email.headers)
     # A rendered subject never spans lines, whatever the template's context held.
-    subject = _LINE_BREAKS.sub(" ", email.subject).strip()
+    subject = one_line(email.subject)
 
     destination: dict[str, list[str]] = {"ToAddresses": [_mailbox(a) for a in to]}
     if cc:

@@ -8,7 +8,7 @@ import secrets
 from dataclasses import dataclass
 
 KEY_PREFIX = "dm_"
-_KEY_RE = re.compile(r"^dm_([A-Za-z0-9]{1,12})_([A-Za-z0-9_-]{43,128})$")
+_KEY_RE = re.compile(r"dm_([A-Za-z0-9]{1,12})_([A-Za-z0-9_-]{43,128})")  # use with fullmatch
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ def issue_api_key(secret_key: str) -> IssuedKey:
 
 def parse_api_key(raw: str) -> str | None:
     """The public id of a well-formed key, or None."""
-    match = _KEY_RE.match(raw)
+    match = _KEY_RE.fullmatch(raw)
     return match.group(1) if match else None
 
 

@@ -2,18 +2,18 @@
 a configured sender, so everything that reaches a From header passes through here."""
 
 import re
-from email.headerregistry import Address
 from email.utils import formataddr, parseaddr
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, EmailStr, TypeAdapter, ValidationError
 
 from datamailer_core.errors import ValidationFailed
+from datamailer_core.mail import parse_mailbox
 
 if TYPE_CHECKING:
     from datamailer_core.models import Client
 
-SENDER_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+SENDER_ID_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # use with fullmatch
 _EMAIL = TypeAdapter(EmailStr)
 
 
@@ -31,18 +31,16 @@ class Sender(BaseModel):
 
 
 def normalize_sender_email(value: str) -> str | None:
-    """The canonical `Name <a@b.c>` form, or None when the value is not one safe address."""
-    if any(ch in value for ch in "\r\n\0") or len(value) > 320:
-        return None
-    name, addr = parseaddr(value)
-    if not addr or "," in value.replace(name, "", 1):
+    """The canonical `Name <a@b.c>` form, or None when the value is not exactly one
+    mailbox (`a@b.c` or `Name <a@b.c>`) free of control characters."""
+    mailbox = None if len(value) > 320 else parse_mailbox(value)
+    if mailbox is None:
         return None
     try:
-        _EMAIL.validate_python(addr)
-        Address(display_name=name, addr_spec=addr)
-    except (ValidationError, ValueError):
+        _EMAIL.validate_python(mailbox.addr_spec)
+    except ValidationError:
         return None
-    return formataddr((name, addr)) if name else addr
+    return formataddr(mailbox) if mailbox.display_name else mailbox.addr_spec
 
 
 def validate_senders(
@@ -53,7 +51,7 @@ def validate_senders(
     cleaned: list[dict[str, str]] = []
     for i, sender in enumerate(senders):
         sid, email = sender.get("id", ""), sender.get("email", "")
-        if not SENDER_ID_RE.match(sid):
+        if not SENDER_ID_RE.fullmatch(sid):
             fields[f"senders.{i}.id"] = "invalid"
         elif sid in seen:
             fields[f"senders.{i}.id"] = "duplicate"

@@ -249,7 +249,7 @@ async def contact_filters(
     if suppression is not None and suppression not in queries.SUPPRESSION_FILTERS:
         raise ValidationFailed("unknown suppression filter", fields={"suppression": "invalid"})
     tag_filter = tuple(t.strip() for t in (tags or "").split(",") if t.strip())
-    if not all(_SLUG.match(t) for t in tag_filter):
+    if not all(_SLUG.fullmatch(t) for t in tag_filter):
         raise ValidationFailed("tags are comma-separated slugs", fields={"tags": "invalid"})
     filters = queries.ContactFilters(
         audience_id=scope.audience.id,

@@ -144,11 +144,7 @@ async def test_send_campaign(
     """Send the campaign now to at most 25 addresses (subject prefixed `[Test] `), in
     any status; no recipient rows, counters or events. One result per address."""
     found = await service.find_scoped(session, auth, external_key, body)
-    # No connection is held across the SES calls: detach what was read, end the
-    # read-only transaction (a rollback would expire attached objects).
-    session.expunge_all()
-    await session.rollback()
-    return await service.test_send(auth, found, body, settings, sesv2)
+    return await service.test_send(session, auth, found, body, settings, sesv2)
 
 
 @router.get("/{external_key}/recipients", response_model=RecipientsOut)

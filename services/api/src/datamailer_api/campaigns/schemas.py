@@ -126,9 +126,13 @@ class TestSendIn(ScopeIn):
 
 class TestSendResult(BaseModel):
     email: str
-    status: Literal["sent", "failed"]
+    status: Literal["sent", "skipped", "failed"]
     message_id: str | None = Field(default=None, description="The SES message id when sent.")
-    reason: str | None = Field(default=None, description="Why it failed, e.g. `MessageRejected`.")
+    reason: str | None = Field(
+        default=None,
+        description="Why it was skipped (`hard_bounce`, `complaint`, `global_unsubscribe`) or failed "
+        "(e.g. `MessageRejected`).",
+    )
 
 
 class TestSendOut(BaseModel):

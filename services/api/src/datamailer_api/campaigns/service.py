@@ -25,6 +25,8 @@ from datamailer_api.campaigns.schemas import (
     TestSendResult,
 )
 from datamailer_api.deps import AuthContext
+from datamailer_api.transactional import service as transactional_service
+from datamailer_core import policy
 from datamailer_core.campaigns.content import PREVIEW_EMAIL, PREVIEW_TOKEN
 from datamailer_core.campaigns.message import CampaignContent, build_recipient_message, campaign_content
 from datamailer_core.campaigns.snapshot import snapshot_percent
@@ -192,21 +194,44 @@ async def preview(auth: AuthContext, found: Found, body: PreviewIn | None, setti
     )
 
 
+async def _test_send_block_reason(session: AsyncSession, organization_id: int, email: str) -> str | None:
+    """What a transactional send would say, except that a global unsubscribe blocks
+    campaign mail with or without a category."""
+    _, suppression = await transactional_service.suppression_without_writing(session, organization_id, email)
+    reason = policy.transactional_block_reason(
+        hard_bounced=suppression.hard_bounced, complained=suppression.complained
+    )
+    return reason or ("global_unsubscribe" if suppression.global_unsubscribed else None)
+
+
 async def test_send(
-    auth: AuthContext, found: Found, body: TestSendIn, settings: Settings, sesv2: Any
+    session: AsyncSession, auth: AuthContext, found: Found, body: TestSendIn, settings: Settings, sesv2: Any
 ) -> TestSendOut:
     """Send the campaign now to up to 25 addresses, subject prefixed `[Test]`, with
     placeholder tokens (signed links still lead to their targets); no recipient rows,
-    counters or events. Each address gets its own result."""
+    counters or events. Each address gets its own result; a hard-bounced, complained or
+    globally unsubscribed one is `skipped` with the reason. Ends the session's read-only
+    transaction before calling SES."""
     fields = {f"emails.{i}": "invalid" for i, raw in enumerate(body.emails) if clean_email(raw) is None}
     if fields:
         raise ValidationFailed("invalid test addresses", fields=fields)
     content = _content(auth, found, settings, body.context)
     content = replace(content, subject=f"{TEST_PREFIX}{content.subject}")
     tags = {"campaign_id": found.campaign.id, "client": auth.client.slug, "test": "true"}
+    addresses = list(dict.fromkeys(body.emails))
+    organization_id = auth.client.organization_id
+    blocked = {
+        a: await _test_send_block_reason(session, organization_id, clean_email(a) or a) for a in addresses
+    }
+    # No connection is held across the SES calls: detach what was read, end the
+    # read-only transaction (a rollback would expire attached objects).
+    session.expunge_all()
+    await session.rollback()
 
     async def send(address: str) -> TestSendResult:
         email = clean_email(address) or address
+        if (reason := blocked[address]) is not None:
+            return TestSendResult(email=email, status="skipped", reason=reason)
         try:
             message = await asyncio.to_thread(
                 build_recipient_message, content, email=email, tracking_token=PREVIEW_TOKEN,
@@ -222,7 +247,7 @@ async def test_send(
             return TestSendResult(email=email, status="failed", reason=exc.code)
         return TestSendResult(email=email, status="sent", message_id=result.message_id)
 
-    return TestSendOut(results=list(await asyncio.gather(*(send(a) for a in dict.fromkeys(body.emails)))))
+    return TestSendOut(results=list(await asyncio.gather(*(send(a) for a in addresses))))
 
 
 async def recipients(

@@ -226,15 +226,15 @@ def _contact_suppression(contact: Contact) -> Suppression:
 
 
 async def suppression_without_writing(
-    session: AsyncSession, email: str
+    session: AsyncSession, organization_id: int, email: str
 ) -> tuple[Contact | None, Suppression]:
-    """The address's contact, if any, and its suppression, read without writing (a dry
-    run, a campaign test send). With no contact yet: what the one a send would create
-    inherits from an erased address."""
-    contact = await contacts.get_contact_by_email(session, client.organization_id, email)
+    """The address's contact in the organization, if any, and its suppression, read
+    without writing (a dry run, a campaign test send). With no contact yet: what the one a
+    send would create inherits from an erased address."""
+    contact = await contacts.get_contact_by_email(session, organization_id, email)
     if contact is not None:
         return contact, _contact_suppression(contact)
-    reasons = set(await transactional.suppression_reasons(session, client.organization_id, email))
+    reasons = set(await transactional.suppression_reasons(session, organization_id, email))
     return None, Suppression(
         hard_bounced="hard_bounce" in reasons,
         complained="complaint" in reasons,
@@ -306,7 +306,9 @@ async def send(session: AsyncSession, auth: AuthContext, body: SendIn, pool: Ren
     rendered = await _render(pool, template, body.context)
 
     if body.dry_run:
-        found, suppression = await suppression_without_writing(session, envelope.email)
+        found, suppression = await suppression_without_writing(
+            session, client.organization_id, envelope.email
+        )
         reason = await _decide(session, found, suppression, body, audience, client)
         preview = Preview(envelope, sender, template.key, body.idempotency_key, rendered, reason)
         return SendResult(preview=preview)
