@@ -71,6 +71,11 @@ class QueueSettings(_Group):
 class SesSettings(_Group):
     configuration_set: str | None = Field(default=None, validation_alias="SES_CONFIGURATION_SET")
     max_send_rate: float = Field(default=14.0, gt=0, validation_alias="SES_MAX_SEND_RATE")
+    # `POST /webhooks/ses`: verify SNS signatures (off only for local development; the
+    # tracking service refuses to start in production without it), and whether an SNS
+    # SubscriptionConfirmation is confirmed by fetching its SubscribeURL (an SNS host only).
+    sns_verify: bool = Field(default=True, validation_alias="SES_SNS_VERIFY")
+    sns_auto_confirm: bool = Field(default=False, validation_alias="SES_SNS_AUTO_CONFIRM")
 
 
 ExpiredLeasePolicy = Literal["resend", "fail"]

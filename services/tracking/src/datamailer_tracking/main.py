@@ -4,6 +4,7 @@ SES webhook ingress."""
 from fastapi import FastAPI
 
 from datamailer_core.settings import Settings
+from datamailer_tracking import ses_webhook
 from datamailer_tracking.click import router as click_router
 from datamailer_tracking.events import EventPublisher
 from datamailer_tracking.pixel import router as pixel_router
@@ -33,4 +34,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(click_router)
     app.include_router(unsubscribe_router)
     app.include_router(verify_router)
+    ses_webhook.install(app)
     return app
