@@ -105,6 +105,16 @@ class DeliverySettings(_Group):
     min_send_rate: float = Field(default=1.0, gt=0, validation_alias="SES_MIN_SEND_RATE")
     # Bucket size in seconds of sending at the current rate: the largest burst allowed.
     send_burst_seconds: float = Field(default=1.0, gt=0, validation_alias="SES_SEND_BURST_SECONDS")
+    # A `sending` campaign pauses itself (`paused_reason`) once, with at least
+    # `campaign_rate_min_sample` sent, its hard bounces or complaints exceed this share of
+    # sent: well under the 5% / 0.1% at which SES puts an account under review.
+    campaign_max_bounce_rate: float = Field(
+        default=0.02, ge=0, le=1, validation_alias="CAMPAIGN_MAX_BOUNCE_RATE"
+    )
+    campaign_max_complaint_rate: float = Field(
+        default=0.0005, ge=0, le=1, validation_alias="CAMPAIGN_MAX_COMPLAINT_RATE"
+    )
+    campaign_rate_min_sample: int = Field(default=200, ge=1, validation_alias="CAMPAIGN_RATE_MIN_SAMPLE")
 
 
 class TrackingSettings(_Group):

@@ -8,6 +8,7 @@ from datamailer_core.contracts import QUEUE_NAMES, QueueName
 from datamailer_workers.deps import WorkerDeps
 from datamailer_workers.handlers.campaign import handle_campaign_email
 from datamailer_workers.handlers.events import handle_email_event
+from datamailer_workers.handlers.ses import handle_ses_notification
 from datamailer_workers.handlers.transactional import handle_transactional_email
 
 Handler = Callable[[Any, WorkerDeps], Awaitable[None]]
@@ -15,6 +16,7 @@ Handler = Callable[[Any, WorkerDeps], Awaitable[None]]
 HANDLERS: Mapping[str, Handler] = {
     "transactional-email": handle_transactional_email,
     "campaign-email": handle_campaign_email,
+    "ses-webhooks": handle_ses_notification,
     "email-events": handle_email_event,
 }
 

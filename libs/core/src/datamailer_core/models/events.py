@@ -25,6 +25,12 @@ EVENT_TYPES: Final = (
     "reject",
     "rendering_failure",
     "failed",
+    # SES's own send, open, click and subscription events (repositories/ses_feedback.py):
+    # recorded for diagnosis, never counted (first-party tracking counts opens and clicks).
+    "ses_send",
+    "ses_open",
+    "ses_click",
+    "ses_subscription",
 )
 
 

@@ -9,7 +9,9 @@ boundary (request, job, command) commits.
 Lifecycle: `draft` → (queue) `scheduled` → (due) `snapshotting` → (snapshot done)
 `sending` → (nothing pending or sending) `sent`. `paused` stops the snapshot and the
 feed at once; resume picks up where it stopped and feeds again only recipients still
-`pending`. `cancelled` ends it: pending recipients become `skipped` (`campaign_cancelled`).
+`pending`. A `sending` campaign also pauses itself when its hard bounces or complaints
+pass a rate (`pause_if_rates_exceeded`, `paused_reason`); resume clears the reason.
+`cancelled` ends it: pending recipients become `skipped` (`campaign_cancelled`).
 """
 
 from collections.abc import Mapping, Sequence
@@ -164,7 +166,37 @@ async def resume_campaign(session: AsyncSession, campaign_id: int) -> bool:
         enqueue_cursor=0,
         enqueue_floor=0,
         last_enqueued_at=None,
+        paused_reason=None,
     )
+
+
+async def pause_if_rates_exceeded(
+    session: AsyncSession,
+    campaign_id: int,
+    *,
+    max_bounce_rate: float,
+    max_complaint_rate: float,
+    min_sample: int,
+) -> str | None:
+    """`sending` → `paused` with `paused_reason` when, with at least `min_sample` sent,
+    hard bounces or complaints exceed their share of sent (bounces first). One guarded
+    UPDATE on the counters as they stand in this transaction; the reason when it paused
+    the campaign, else None."""
+    bounced = _c.bounce_count > _c.sent_count * max_bounce_rate
+    complained = _c.complaint_count > _c.sent_count * max_complaint_rate
+    result = await session.execute(
+        update(_c)
+        .where(
+            _c.id == campaign_id, _c.status == "sending", _c.sent_count >= min_sample, bounced | complained
+        )
+        .values(
+            status="paused",
+            paused_reason=case((bounced, "bounce_rate_exceeded"), else_="complaint_rate_exceeded"),
+        )
+        .returning(_c.paused_reason)
+    )
+    reason: str | None = result.scalar_one_or_none()
+    return reason
 
 
 async def cancel_campaign(session: AsyncSession, campaign_id: int) -> bool:
