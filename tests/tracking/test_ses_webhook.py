@@ -254,30 +254,30 @@ async def test_a_message_sns_did_not_sign_is_403_and_nothing_is_enqueued(
     assert await enqueued(tracking_settings) == []
 
 
-@pytest.mark.parametrize(
-    "cert_url",
-    [
-        "https://sns.us-east-1.amazonaws.com.evil.com/cert.pem",
-        "https://evil.com/sns.us-east-1.amazonaws.com/cert.pem",
-        "https://evil.com/sns.us-east-1.amazonaws.com.pem",
-        "http://sns.us-east-1.amazonaws.com/cert.pem",
-        "https://sns.us-east-1.amazonaws.com@evil.com/cert.pem",
-        "https://evil.com#@sns.us-east-1.amazonaws.com/cert.pem",
-        "https://sns.us-east-1.amazonaws.com:8443/cert.pem",
-        "https://sns.us-east-1.amazonaws.com/cert.txt",
-        "https://sns.us-east-1.amazonaws.com/cert.pem?x=1",
-        "https://s3.us-east-1.amazonaws.com/cert.pem",
-        "https://sns.amazonaws.com/cert.pem",
-        "file:///etc/ssl/cert.pem",
-    ],
-)
+FOREIGN_CERT_URLS = [
+    "https://sns.us-east-1.amazonaws.com.evil.com/cert.pem",
+    "https://evil.com/sns.us-east-1.amazonaws.com/cert.pem",
+    "https://evil.com/sns.us-east-1.amazonaws.com.pem",
+    "http://sns.us-east-1.amazonaws.com/cert.pem",
+    "https://sns.us-east-1.amazonaws.com@evil.com/cert.pem",
+    "https://evil.com#@sns.us-east-1.amazonaws.com/cert.pem",
+    "https://sns.us-east-1.amazonaws.com:8443/cert.pem",
+    "https://sns.us-east-1.amazonaws.com/cert.txt",
+    "https://sns.us-east-1.amazonaws.com/cert.pem?x=1",
+    "https://s3.us-east-1.amazonaws.com/cert.pem",
+    "https://sns.amazonaws.com/cert.pem",
+    "file:///etc/ssl/cert.pem",
+]
+
+
 async def test_a_certificate_url_off_https_sns_is_403_and_never_fetched(
-    tracking_settings: Settings, signer: Signer, cert_url: str
+    tracking_settings: Settings, signer: Signer
 ) -> None:
     sns = Sns(signer.pem)
     async with ingress(tracking_settings, sns) as http:
-        response = await post(http, signer.sign(notification(), cert_url=cert_url))
-    assert response.status_code == 403
+        for cert_url in FOREIGN_CERT_URLS:
+            response = await post(http, signer.sign(notification(), cert_url=cert_url))
+            assert response.status_code == 403, cert_url
     assert sns.requests == []
     assert await enqueued(tracking_settings) == []
 
@@ -441,3 +441,17 @@ async def test_the_certificate_cache_is_bounded_and_least_recently_used(signer: 
         await certificates.public_key(url)
     # a, b fetched; a hit; c evicts b (a was used last); a hit; b fetched again.
     assert sns.requests == [urls[0], urls[1], urls[2], urls[1]]
+
+
+async def test_a_notification_sqs_refuses_is_503_so_sns_retries(
+    tracking_settings: Settings, signer: Signer
+) -> None:
+    url = tracking_settings.queues.url_for("ses-webhooks")
+    missing = tracking_settings.model_copy(
+        update={"queues": tracking_settings.queues.model_copy(update={"ses_webhooks_url": f"{url}-missing"})}
+    )
+    async with ingress(missing, Sns(signer.pem)) as http:
+        response = await post(http, signer.sign(notification()))
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "queue_unavailable"
+    assert await enqueued(tracking_settings) == []
