@@ -85,6 +85,7 @@ async def status(settings: Settings, ref: CampaignRef) -> dict[str, Any]:
         "client": client_slug,
         "key": campaign.external_key,
         "status": campaign.status,
+        "paused_reason": campaign.paused_reason,
         "scheduled_at": campaign.scheduled_at,
         "snapshot": "complete" if campaign.snapshot_completed_at else f"{snapshot_percent(campaign):.0f}%",
         "batches": campaign.batch_count,

@@ -289,7 +289,8 @@ def _campaign(
 
 
 def _echo_campaign(info: dict[str, Any]) -> None:
-    typer.echo(f"campaign {info['id']} {info['client']}/{info['key']}: {info['status']}")
+    reason = f" ({info['paused_reason']})" if info.get("paused_reason") else ""
+    typer.echo(f"campaign {info['id']} {info['client']}/{info['key']}: {info['status']}{reason}")
     typer.echo(f"  snapshot: {info['snapshot']}  batches enqueued: {info['batches']}")
     typer.echo("  recipients: " + (" ".join(f"{k}={v}" for k, v in info["recipients"].items()) or "none yet"))
     typer.echo("  counters: " + " ".join(f"{k}={v}" for k, v in info["counters"].items()))

@@ -279,3 +279,24 @@ async def add_event(session: AsyncSession, campaign_id: int, recipient_id: int, 
         {"kind": kind, "cid": campaign_id, "rid": recipient_id},
     )
     await session.commit()
+
+
+async def test_a_campaign_that_paused_itself_shows_why_until_resumed(
+    api: AsyncClient, session: AsyncSession, tenant: Tenant
+) -> None:
+    campaign_id = int((await put_campaign(api, tenant)).json()["campaign"]["id"])
+    draft = (await api.get(f"{CAMPAIGNS}/nov", headers=tenant.headers)).json()["campaign"]
+    assert draft["paused_reason"] is None
+    await post(api, tenant, "queue")
+    await session.execute(
+        text(
+            "UPDATE campaigns SET status = 'paused', paused_reason = 'complaint_rate_exceeded' WHERE id = :id"
+        ),
+        {"id": campaign_id},
+    )
+    await session.commit()
+
+    shown = (await api.get(f"{CAMPAIGNS}/nov", headers=tenant.headers)).json()["campaign"]
+    assert (shown["status"], shown["paused_reason"]) == ("paused", "complaint_rate_exceeded")
+    resumed = (await post(api, tenant, "resume")).json()["campaign"]
+    assert (resumed["status"], resumed["paused_reason"]) == ("snapshotting", None)

@@ -119,3 +119,26 @@ def test_campaign_commands_fail_with_one_line(database: str) -> None:
     assert "name a campaign" in unnamed.output
     assert unknown_client.exit_code == 1
     assert "client 'nobody' not found" in unknown_client.output
+
+
+async def _pause_itself(url: str, campaign_id: int) -> None:
+    async for session in _session(url):
+        await session.execute(
+            text(
+                "UPDATE campaigns SET status = 'paused', paused_reason = 'bounce_rate_exceeded' WHERE id = :id"
+            ),
+            {"id": campaign_id},
+        )
+        await session.commit()
+
+
+def test_status_shows_why_a_campaign_paused_itself_and_resume_clears_it(database: str) -> None:
+    scenario = run_sync(_scenario(database))
+    by_id = str(scenario.campaign_id)
+    run_sync(_pause_itself(database, scenario.campaign_id))
+
+    assert f"campaign {by_id} app/nov: paused (bounce_rate_exceeded)" in invoke("campaigns", "status", by_id)
+    assert invoke("campaigns", "resume", by_id).strip() == f"campaign {by_id}: sending"
+    status = invoke("campaigns", "status", by_id)
+    assert f"campaign {by_id} app/nov: sending\n" in status
+    assert "bounce_rate_exceeded" not in status

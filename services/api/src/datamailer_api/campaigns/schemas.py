@@ -183,6 +183,11 @@ class CampaignOut(BaseModel):
     audience: str
     client: str
     status: str = Field(examples=["draft"])
+    paused_reason: str | None = Field(
+        default=None,
+        description="Why the campaign paused itself (`bounce_rate_exceeded`, `complaint_rate_exceeded`);"
+        " null for an operator's pause, cleared on resume.",
+    )
     subject: str
     preview_text: str | None
     html_body: str | None

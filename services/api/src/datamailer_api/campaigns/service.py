@@ -279,6 +279,7 @@ def campaign_out(found: Found, client: Client) -> CampaignOut:
         audience=found.audience,
         client=client.slug,
         status=campaign.status,
+        paused_reason=campaign.paused_reason,
         subject=campaign.subject,
         preview_text=campaign.preview_text,
         html_body=campaign.html_body,
