@@ -265,7 +265,11 @@ async def ses_webhook(
     """An SNS message (the body is JSON, sent as text/plain by SNS)."""
     message = _parse(await _body(request))
     if settings.ses.sns_verify:
-        await verify(message, sns)
+        try:
+            await verify(message, sns)
+        except SignatureRejected as exc:
+            logger.warning("SNS message refused", extra={"reason": exc.message, "type": message["Type"]})
+            raise
     kind = message["Type"]
     topic = message.get("TopicArn")
     if kind == "Notification":
