@@ -93,3 +93,12 @@ async def test_preview_links_redirect_without_recording(tracking_settings: Setti
     assert response.status_code == 302
     assert response.headers["location"] == LINK
     assert await published_events(tracking_settings) == []
+
+
+async def test_a_head_request_redirects_without_recording(tracking_settings: Settings) -> None:
+    # Link checkers and mail clients' previews send HEAD: not a click.
+    async with tracking(tracking_settings) as http:
+        response = await http.head(signed(new_token(), LINK))
+    assert response.status_code == 302
+    assert response.headers["location"] == LINK
+    assert await published_events(tracking_settings) == []

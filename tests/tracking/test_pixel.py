@@ -9,6 +9,7 @@ import pytest
 
 from datamailer_core.security import new_token
 from datamailer_core.settings import Settings
+from datamailer_tracking.events import EventPublisher
 from datamailer_tracking.pixel import PIXEL
 from tests.tracking.helpers import IPHONE_SAFARI, published_events, tracking
 
@@ -74,3 +75,27 @@ async def test_shutdown_publishes_every_open_still_held(tracking_settings: Setti
     events = await published_events(tracking_settings)
     assert sorted(e.tracking_token or "" for e in events) == sorted(tokens)
     assert len({e.event_id for e in events}) == len(tokens)
+
+
+async def test_a_head_request_gets_the_headers_and_records_no_open(tracking_settings: Settings) -> None:
+    async with tracking(tracking_settings) as http:
+        response = await http.head(f"/t/o/{new_token()}.gif")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/gif"
+    assert response.headers["content-length"] == "43"
+    assert response.content == b""
+    assert await published_events(tracking_settings) == []
+
+
+async def test_a_full_event_queue_delays_requests_but_loses_no_event(tracking_settings: Settings) -> None:
+    tokens = [new_token() for _ in range(60)]
+    async with tracking(tracking_settings) as http:
+        state = http._transport.app.state  # type: ignore[attr-defined]
+        await state.events.close()
+        # Room for two events: the other requests wait for SQS.
+        state.events = events = EventPublisher(state.publisher, capacity=2)
+        events.start()
+        responses = await asyncio.gather(*(http.get(f"/t/o/{t}.gif") for t in tokens))
+        assert events.waited > 0
+    assert all(r.status_code == 200 for r in responses)
+    assert sorted(e.tracking_token or "" for e in await published_events(tracking_settings)) == sorted(tokens)

@@ -5,9 +5,8 @@ from fastapi import FastAPI
 
 from datamailer_core.settings import Settings
 from datamailer_tracking import ses_webhook
-from datamailer_tracking.click import router as click_router
 from datamailer_tracking.events import EventPublisher
-from datamailer_tracking.pixel import router as pixel_router
+from datamailer_tracking.routes import TrackingRoutes
 from datamailer_tracking.unsubscribe import router as unsubscribe_router
 from datamailer_tracking.verify import router as verify_router
 from datamailer_web.app import build_app
@@ -23,15 +22,18 @@ async def _flush_events(app: FastAPI) -> None:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
     app = build_app(
-        settings or Settings(),
+        settings,
         service="tracking",
         title="Datamailer tracking",
         on_startup=_start_events,
         on_shutdown=_flush_events,
     )
-    app.include_router(pixel_router)
-    app.include_router(click_router)
+    # Outermost: `GET /t/o/{token}.gif` and `GET /t/c/{token}` never reach the router.
+    app.add_middleware(
+        TrackingRoutes, state=app.state, secret_key=settings.security.secret_key.get_secret_value()
+    )
     app.include_router(unsubscribe_router)
     app.include_router(verify_router)
     ses_webhook.install(app)

@@ -1,12 +1,15 @@
-"""`GET /t/o/{token}.gif`: the open pixel. Every token gets the same GIF at once; the
-open is published to `email-events` for the worker to apply (no database here)."""
+"""`GET /t/o/{token}.gif`: the open pixel. Every token gets the same GIF at once; a
+well-formed token's open is published to `email-events` for the worker to apply (no
+database here)."""
 
+import re
 from typing import Final
 
-from fastapi import APIRouter, Request, Response
+from datamailer_tracking.events import EventPublisher, tracking_event
 
-from datamailer_tracking.events import tracking_event
-from datamailer_tracking.responses import NO_STORE, TOKEN, events
+# `security.new_token`: 32 random bytes, URL-safe base64 without padding. Anything else
+# (a preview's placeholder, a mangled link) can never match a recipient.
+TOKEN: Final = re.compile(r"[A-Za-z0-9_-]{43}")
 
 # A 1×1 transparent GIF89a: header, logical screen with a 2-colour table, a graphic
 # control extension marking colour 0 transparent, one image, trailer.
@@ -16,17 +19,14 @@ PIXEL: Final = (
     b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
 )
 
-router = APIRouter(tags=["tracking"])
+# Every fetch must reach the server again: no browser, proxy or CDN may answer for us.
+NO_STORE: Final = {
+    "Cache-Control": "no-store, no-cache, must-revalidate, max-age=0",
+    "Pragma": "no-cache",
+    "Expires": "0",
+}
 
 
-@router.get(
-    "/t/o/{token}.gif",
-    response_class=Response,
-    responses={200: {"content": {"image/gif": {}}, "description": "A 43-byte transparent GIF."}},
-)
-async def open_pixel(token: str, request: Request) -> Response:
-    """The same GIF for every token, known or not; an open is published only for a
-    well-formed token."""
+async def record_open(events: EventPublisher, token: str, user_agent: str | None, ip: str | None) -> None:
     if TOKEN.fullmatch(token):
-        events(request).submit(tracking_event("open", token, request))
-    return Response(PIXEL, media_type="image/gif", headers=NO_STORE)
+        await events.submit(tracking_event("open", token, user_agent, ip))
