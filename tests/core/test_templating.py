@@ -1,4 +1,6 @@
+import asyncio
 import time
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -12,6 +14,8 @@ from datamailer_core.templating import (
     render_message,
     translate_django,
 )
+from datamailer_core.templating.pool import RenderPool
+from tests.core.pool_helpers import allocate, sleep
 
 
 def html(source: str, **context: Any) -> str:
@@ -189,6 +193,81 @@ def test_output_is_bounded(source: str) -> None:
     assert render_error(source, big=big, pct="%" * len(big)) == "output_too_large"
 
 
+@pytest.mark.parametrize(
+    "source",
+    [
+        # `str()` of these is one C call; counting only the outer list let them through.
+        "{{ [[1] * 10000] * 10000 }}",
+        "{{ [[1] * 999999] * 999999 }}",
+        "{% set row = [1] * 1000 %}{{ ([row] * 1000) * 100 }}",
+        "{% set row = [1] * 1000 %}{% set g = [row] * 1000 %}" + "{% set g = g + g %}" * 7 + "{{ g|length }}",
+        "{% set s = 'x' * 1000000 %}{{ ([s] * 1000)|length }}",
+        "{% set s = 'x' * 1000000 %}{{ (s, s, s)|length }}",
+        "{% set s = 'x' * 1000000 %}{{ {'a': s, 'b': s}|length }}",
+        "{% set s = 'x' * 1000000 %}{% set t = [s] %}{{ [t, t, t]|first|length }}",
+        "{% set row = [1] * 1000 %}{% set g = [row] * 1000 %}{{ [g, g]|join }}",
+        "{% set row = ['ab'] * 1000 %}{{ ([row] * 1000)|string }}",
+    ],
+)
+def test_nested_values_are_bounded_by_what_they_hold(source: str) -> None:
+    tracemalloc.start()
+    try:
+        reason = render_error(source)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert reason == "output_too_large"
+    assert peak < 64 * 1024 * 1024, f"{peak // 2**20} MiB"
+
+
+def test_a_render_may_build_only_so_much_in_total() -> None:
+    # Each value is allowed; building one again and again until the deadline is not.
+    source = "{% set s = 'x' * 1000000 %}{% for i in range(100) %}{{ (s + 'y')|length }}{% endfor %}"
+    assert render_error(source) == "render_limit_exceeded"
+
+
+def test_values_within_the_bounds_still_render() -> None:
+    assert text("{{ ([[1] * 3] * 2) + [[2]] }}") == "[[1, 1, 1], [1, 1, 1], [2]]"
+    assert text("{{ ('ab' * 3) ~ '!' }}") == "ababab!"
+    assert text("{{ [[1] * 1000] * 300 }}") == str([[1] * 1000] * 300)
+    assert text("{{ (big * 2)|length }}", big=["x"] * 1000) == "2000"
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ 'a'.format }}",
+        "{{ 'a'.upper }}",
+        "{{ range }}",
+        "{{ range(3) }}",
+        "{{ {'a': 1}.items() }}",
+        "{% for x in xs %}{{ loop }}{% endfor %}",
+        "{% for x in xs %}{{ loop.cycle }}{% endfor %}",
+        "{{ ['a'.upper] }}",
+        "{{ {'k': range} }}",
+        "{{ 'a'.upper|upper }}",
+        "{{ 'a'.upper|string }}",
+        "{{ 'a'.upper ~ '' }}",
+        "{{ ['a'.upper]|join(',') }}",
+    ],
+)
+def test_python_objects_are_never_printed(source: str) -> None:
+    assert render_error(source, xs=[1]) == "render_failed"
+    assert render_error(source, is_html=False, xs=[1]) == "render_failed"
+
+
+def test_plain_values_print_as_before() -> None:
+    assert (
+        text("{{ [1, 'a', None, 2.5, true] }} {{ {'k': (1, 2)} }}")
+        == "[1, 'a', None, 2.5, True] {'k': (1, 2)}"
+    )
+    assert text(
+        "{{ d.keys()|join(',') }}|{% for k, v in d.items() %}{{ k }}={{ v }}{% endfor %}", d={"a": 1}
+    ) == ("a|a=1")
+    assert text("{% for x in xs %}{{ loop.cycle('odd', 'even') }}{% endfor %}", xs=[1, 2]) == "oddeven"
+    assert text("{{ missing }}{{ missing|upper }}") == ""
+
+
 def test_integer_growth_is_bounded() -> None:
     assert render_error("{{ 10**100000 }}") == "render_limit_exceeded"
     assert render_error("{% set n = 2**4000 %}{{ n * n }}") == "render_limit_exceeded"
@@ -247,3 +326,41 @@ def test_missing_context_names_absent_and_null_values() -> None:
     context = {"a": 1, "b": None, "user": {"name": "Ada", "email": None}}
     required = ["a", "b", "c", "user.name", "user.email", "user.name.first"]
     assert missing_context(required, context) == ["b", "c", "user.email", "user.name.first"]
+
+
+# --- the render pool ------------------------------------------------------------------
+
+
+async def test_the_pool_renders_and_keeps_template_errors() -> None:
+    async with RenderPool(workers=1) as pool:
+        rendered = await pool.run(
+            render_message, "Hi {{ name }}", "<p>{{ name }}</p>", None, {"name": "<Ada>"}
+        )
+        assert rendered.html_body == "<p>&lt;Ada&gt;</p>"
+        with pytest.raises(TemplateError) as caught:
+            await pool.run(render_message, "ok", "{{ [[1] * 10000] * 10000 }}", None, {})
+        assert (caught.value.field, caught.value.reason) == ("html_body", "output_too_large")
+
+
+async def test_the_pool_kills_a_call_past_its_timeout_and_retries_the_others() -> None:
+    async with RenderPool(workers=2, timeout=1.5) as pool:
+        await pool.start()
+        started = time.monotonic()
+        runaway = asyncio.create_task(pool.run(sleep, 30))
+        await asyncio.sleep(0.9)
+        # Still running when the runaway's pool is killed: retried on the new one.
+        bystander = asyncio.create_task(pool.run(sleep, 0.8))
+        with pytest.raises(TemplateError) as caught:
+            await runaway
+        assert caught.value.reason == "render_limit_exceeded"
+        assert time.monotonic() - started < 3
+        assert await bystander == 0.8
+        assert time.monotonic() - started > 2.3  # ran twice
+        assert await pool.run(sleep, 0) == 0  # the replaced pool serves
+
+
+async def test_the_pool_caps_a_worker_s_memory() -> None:
+    async with RenderPool(workers=1, memory_limit=256 * 1024 * 1024) as pool:
+        with pytest.raises(MemoryError):
+            await pool.run(allocate, 1024 * 1024 * 1024)
+        assert await pool.run(allocate, 1024) == 1024

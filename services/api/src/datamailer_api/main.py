@@ -6,6 +6,7 @@ from datamailer_api.audience.router import router as contacts_router
 from datamailer_api.audience.transfer import CSV_IMPORT_LIMIT, CSV_IMPORT_PATH
 from datamailer_api.audience.transfer import router as transfer_router
 from datamailer_api.campaigns.router import router as campaigns_router
+from datamailer_api.rendering import with_render_pool
 from datamailer_api.senders.router import router as senders_router
 from datamailer_api.transactional.router import router as transactional_router
 from datamailer_api.verification.router import router as verification_router
@@ -20,6 +21,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="Datamailer client API",
         body_limits={CSV_IMPORT_PATH: CSV_IMPORT_LIMIT},
     )
+    with_render_pool(app)
     app.include_router(senders_router)
     app.include_router(transfer_router)
     app.include_router(contacts_router)

@@ -5,9 +5,17 @@ render the same: `{% if %}`, `{% for %}` (with `{% empty %}` and `forloop.counte
 the filters `safe`, `striptags`, `default:"x"`, `upper`, `lower`, `title`,
 `linebreaksbr` (`templating.django` rewrites the syntax). Values are HTML-escaped in HTML
 parts only. Rendering runs in a hardened sandbox (`templating.sandbox`) bounded in time
-(`RENDER_TIMEOUT_SECONDS`), loop iterations and output size (`MAX_OUTPUT_CHARS`); a
-source over `MAX_SOURCE_BYTES` is refused. Every failure is a `TemplateError` with a short
-reason, never anything else.
+(`RENDER_TIMEOUT_SECONDS`), loop iterations (`MAX_LOOP_ITERATIONS`), the size of every
+value an expression builds, nested values included (`MAX_VALUE_WEIGHT`), the total a
+render builds (`MAX_RENDER_ALLOCATION`) and output size (`MAX_OUTPUT_CHARS`); a source
+over `MAX_SOURCE_BYTES` is refused. Only plain values print: a method, `range`, `loop` or
+any other Python object in `{{ }}` (or given to a text filter or `~`) fails the render
+with `render_failed` rather than showing its repr. Every failure is a `TemplateError`
+with a short reason, never anything else.
+
+Those bounds hold within one process; `templating.pool.RenderPool` runs renders in
+worker processes with a hard timeout and a memory cap, for callers (the API) whose
+event loop must keep serving whatever a template does.
 """
 
 import functools
@@ -26,7 +34,9 @@ from datamailer_core.templating.sandbox import (
     HTML_ENV,
     MAX_LOOP_ITERATIONS,
     MAX_OUTPUT_CHARS,
+    MAX_RENDER_ALLOCATION,
     MAX_SOURCE_BYTES,
+    MAX_VALUE_WEIGHT,
     RENDER_TIMEOUT_SECONDS,
     TEXT_ENV,
     Budget,
@@ -38,7 +48,9 @@ from datamailer_core.templating.sandbox import (
 __all__ = [
     "MAX_LOOP_ITERATIONS",
     "MAX_OUTPUT_CHARS",
+    "MAX_RENDER_ALLOCATION",
     "MAX_SOURCE_BYTES",
+    "MAX_VALUE_WEIGHT",
     "RENDER_TIMEOUT_SECONDS",
     "CompiledTemplate",
     "Rendered",
@@ -63,11 +75,19 @@ class TemplateError(Exception):
         self.reason, self.field, self.detail = reason, field, detail
         super().__init__(f"{field or 'template'}: {reason}" + (f" ({detail})" if detail else ""))
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Crosses process boundaries (`templating.pool`) with its keyword arguments intact.
+        return (_template_error, (self.reason, self.field, self.detail))
+
     def for_field(self, name: str) -> "TemplateError":
         return TemplateError(self.reason, field=name, detail=self.detail)
 
     def as_validation_error(self) -> ValidationFailed:
         return ValidationFailed(str(self), fields={self.field or "template": self.reason})
+
+
+def _template_error(reason: str, field: str | None, detail: str) -> TemplateError:
+    return TemplateError(reason, field=field, detail=detail)
 
 
 @dataclass(frozen=True)

@@ -3,15 +3,29 @@
   harmless `str`/`dict` methods, no globals but a bounded `range`;
 - no macros, call/filter/set blocks, imports, includes, extends or recursive loops (the
   constructs that buffer output away from the size check, or recurse);
-- every value built by `+`, `*`, `**`, `~` or a filter is size-checked (the caller also
-  checks the output chunk by chunk);
+- sizes are *weights*: the characters and elements reachable from a value, every shared
+  reference counted each time (`[[1] * 1000] * 1000` weighs about a million, as its
+  text would), computed once per distinct container and given up past the limit. No
+  value may weigh more than `MAX_VALUE_WEIGHT` (= `MAX_OUTPUT_CHARS`): `*` and `+` are
+  refused *before* they compute a heavier result, and what a filter, a method call, `~`
+  or a list/tuple/dict literal builds is checked as it is built. So no expression can
+  build (or, through `str()`, print) more than about a megabyte of data;
+- a render may allocate at most `MAX_RENDER_ALLOCATION` elements in total (the lengths
+  of every string and container those operations build), so a loop cannot keep
+  building megabyte values until its deadline;
+- only plain values are printed or turned into text (`str`, numbers, `bool`, `None`,
+  `Markup`, undefined values and lists/tuples/dicts of those): `{{ 'a'.format }}`,
+  `{{ loop }}`, `{{ range(3) }}` or `{{ d.items() }}` (or such a value given to a text
+  filter or `~`) fail the render with `render_failed` instead of showing a Python repr;
 - loop iterations are counted and the wall clock is checked on every iteration, call
-  and attribute access, against the `Budget` the caller sets in `BUDGET`;
+  and attribute access, against the `Budget` the caller sets in `BUDGET` (the caller
+  also checks the output chunk by chunk);
 - no constant folding at compile time (Jinja's optimizer would evaluate expressions
   outside any budget, and is slow on deeply nested ones).
 """
 
 import functools
+import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextvars import ContextVar
@@ -31,6 +45,10 @@ MAX_SOURCE_BYTES: Final = 100 * 1024
 MAX_OUTPUT_CHARS: Final = 1024 * 1024
 MAX_LOOP_ITERATIONS: Final = 200_000
 RENDER_TIMEOUT_SECONDS: Final = 1.0
+# No value may weigh more than this (see the module docstring).
+MAX_VALUE_WEIGHT: Final = MAX_OUTPUT_CHARS
+# The elements and characters one render may build in total.
+MAX_RENDER_ALLOCATION: Final = 8 * MAX_OUTPUT_CHARS
 # Integers stay below this many bits (a chain of squarings would otherwise grow forever).
 MAX_INT_BITS: Final = 4096
 
@@ -90,6 +108,7 @@ class LimitExceeded(Exception):
 class Budget:
     deadline: float
     iterations: int = 0
+    allocated: int = 0
 
     def tick(self) -> None:
         if time.monotonic() > self.deadline:
@@ -101,6 +120,11 @@ class Budget:
             raise LimitExceeded("render_limit_exceeded")
         self.tick()
 
+    def allocate(self, size: int) -> None:
+        self.allocated += size
+        if self.allocated > MAX_RENDER_ALLOCATION:
+            raise LimitExceeded("render_limit_exceeded")
+
 
 BUDGET: ContextVar[Budget | None] = ContextVar("datamailer_template_budget", default=None)
 
@@ -111,36 +135,97 @@ def _tick() -> None:
         budget.tick()
 
 
-def _check_size(value: Any) -> Any:
-    if isinstance(value, str | list | tuple | dict) and len(value) > MAX_OUTPUT_CHARS:
+class _TooHeavy(Exception):
+    pass
+
+
+# What may be printed or turned into text besides str/list/tuple/dict (see the docstring).
+_PLAIN_SCALARS: Final = (int, float, type(None), Undefined)
+_ATOMS: Final = frozenset({int, float, bool, type(None)})
+
+
+def weight(value: Any, *, plain: bool = False) -> int:
+    """Characters and elements reachable from `value` (strings count their length,
+    containers their length plus their items' weights), capped at `MAX_VALUE_WEIGHT + 1`.
+    Each distinct container is walked once, however often it is referenced, so this
+    costs at most about `MAX_VALUE_WEIGHT` steps. With `plain`, a value that is not
+    plain fails the render (`render_failed`)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, list | tuple | dict):
+        try:
+            return _walk(value, {}, plain)
+        except _TooHeavy:
+            return MAX_VALUE_WEIGHT + 1
+    if plain and not isinstance(value, _PLAIN_SCALARS):
+        raise LimitExceeded("render_failed")
+    return 0
+
+
+def _walk(container: list[Any] | tuple[Any, ...] | dict[Any, Any], seen: dict[int, int], plain: bool) -> int:
+    known = seen.get(id(container))
+    if known is not None:
+        return known
+    total = len(container)
+    parts = itertools.chain.from_iterable(container.items()) if isinstance(container, dict) else container
+    for part in parts:
+        kind = type(part)
+        if kind in _ATOMS:
+            continue
+        if kind is str:
+            total += len(part)
+        elif isinstance(part, list | tuple | dict):
+            total += _walk(part, seen, plain)
+        else:
+            total += weight(part, plain=plain)
+        if total > MAX_VALUE_WEIGHT:
+            raise _TooHeavy
+    seen[id(container)] = total
+    return total
+
+
+def _check_weight(value: Any, *, plain: bool = False) -> int:
+    measured = weight(value, plain=plain)
+    if measured > MAX_VALUE_WEIGHT:
         raise LimitExceeded("output_too_large")
+    return measured
+
+
+def _allocate(size: int) -> None:
+    budget = BUDGET.get()
+    if budget is not None:
+        budget.allocate(size)
+
+
+def _check_size(value: Any) -> Any:
+    """A value just built: not too heavy, and charged to the render's allocation."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > MAX_INT_BITS:
         raise LimitExceeded("render_limit_exceeded")
+    if isinstance(value, str | list | tuple | dict):
+        _check_weight(value)
+        _allocate(len(value))
     return value
 
 
-def _size(value: Any) -> int:
-    return len(value) if isinstance(value, str | list | tuple) else 0
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_binop(operator: str, left: Any, right: Any) -> None:
     """Refuse, before computing it, a result that would be too large."""
-    ints = (
-        isinstance(left, int) and not isinstance(left, bool),
-        isinstance(right, int) and not isinstance(right, bool),
-    )
-    if operator == "+" and _size(left) + _size(right) > MAX_OUTPUT_CHARS:
+    if operator == "+" and weight(left) + weight(right) > MAX_VALUE_WEIGHT:
         raise LimitExceeded("output_too_large")
     if operator == "*":
-        if all(ints):
+        if _is_int(left) and _is_int(right):
             if left.bit_length() + right.bit_length() > MAX_INT_BITS:
                 raise LimitExceeded("render_limit_exceeded")
-        elif ints[1] and _size(left) * max(right, 0) > MAX_OUTPUT_CHARS:
+        elif isinstance(right, int) and weight(left) * max(right, 0) > MAX_VALUE_WEIGHT:
             raise LimitExceeded("output_too_large")
-        elif ints[0] and _size(right) * max(left, 0) > MAX_OUTPUT_CHARS:
+        elif isinstance(left, int) and weight(right) * max(left, 0) > MAX_VALUE_WEIGHT:
             raise LimitExceeded("output_too_large")
-    if operator == "**" and all(ints) and right > 0 and left.bit_length() * right > MAX_INT_BITS:
-        raise LimitExceeded("render_limit_exceeded")
+    if operator == "**" and _is_int(left) and _is_int(right) and right > 0:
+        if left.bit_length() * right > MAX_INT_BITS:
+            raise LimitExceeded("render_limit_exceeded")
     if operator == "%" and isinstance(left, str):
         # printf-style widths allocate before any check could run.
         raise LimitExceeded("render_failed")
@@ -163,7 +248,7 @@ class _Sandbox(ImmutableSandboxedEnvironment):
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
         _tick()
         _check_binop(operator, left, right)
-        return super().call_binop(context, operator, left, right)
+        return _check_size(super().call_binop(context, operator, left, right))
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         _tick()
@@ -177,12 +262,15 @@ class _Sandbox(ImmutableSandboxedEnvironment):
 # Filters.
 
 
-def _checked(filter_: Callable[..., Any]) -> Callable[..., Any]:
-    """The filter with the clock checked before and the result size after."""
+def _checked(filter_: Callable[..., Any], *, stringifies: bool) -> Callable[..., Any]:
+    """The filter with the clock checked before and the result size after; a filter
+    that turns its value into text gets only plain values."""
 
     @functools.wraps(filter_)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         _tick()
+        if stringifies:
+            _check_weight(args[1] if isinstance(args[0], EvalContext) else args[0], plain=True)
         return _check_size(filter_(*args, **kwargs))
 
     return wrapper
@@ -237,6 +325,7 @@ def _join(eval_ctx: EvalContext, value: Iterable[Any], separator: str = "") -> A
     items: list[Any] = []
     total = 0
     for item in value:
+        total += _check_weight(item, plain=True)  # before str(), which could be far longer
         total += len(str(item)) + len(separator)
         if total > MAX_OUTPUT_CHARS:
             raise LimitExceeded("output_too_large")
@@ -249,10 +338,24 @@ def _join(eval_ctx: EvalContext, value: Iterable[Any], separator: str = "") -> A
 @pass_eval_context
 def _concat(eval_ctx: EvalContext, parts: Sequence[Any]) -> Any:
     """`a ~ b`, size-checked (Jinja's own concatenation bypasses the sandbox)."""
+    if sum(_check_weight(p, plain=True) for p in parts) > MAX_OUTPUT_CHARS:
+        raise LimitExceeded("output_too_large")
     texts = [escape(p) if eval_ctx.autoescape else str(p) for p in parts]
     if sum(len(t) for t in texts) > MAX_OUTPUT_CHARS:
         raise LimitExceeded("output_too_large")
     return Markup("").join(texts) if eval_ctx.autoescape else "".join(texts)
+
+
+def _built(value: Any) -> Any:
+    """A list, tuple or dict literal, checked like any other built value."""
+    return _check_size(value)
+
+
+@pass_context  # needing the context keeps Jinja from printing constants at compile time
+def _finalize(context: Context, value: Any) -> Any:
+    """Every `{{ value }}`, before it becomes text: plain and not too heavy."""
+    _check_weight(value, plain=True)
+    return value
 
 
 @pass_context  # also keeps Jinja from evaluating it at compile time
@@ -266,6 +369,7 @@ def _guard_loop(context: Context, iterable: Any) -> Iterator[Any]:
 
 _CONCAT_FILTER: Final = "_dm_concat"
 _LOOP_FILTER: Final = "_dm_loop"
+_BUILT_FILTER: Final = "_dm_built"
 _FILTERS: Final[dict[str, Callable[..., Any]]] = {
     **{
         name: JINJA_FILTERS[name]
@@ -298,17 +402,26 @@ _FILTERS: Final[dict[str, Callable[..., Any]]] = {
     "truncatechars": _truncatechars,
     "join": _join,
 }
+# Filters that do not turn their value into text (they may take any value).
+_PASS_THROUGH: Final = frozenset({"count", "d", "default", "first", "join", "last", "length"})
 
 
 def _environment(*, autoescape: bool) -> _Sandbox:
     env = _Sandbox(
-        autoescape=autoescape, undefined=ChainableUndefined, keep_trailing_newline=True, optimized=False
+        autoescape=autoescape,
+        undefined=ChainableUndefined,
+        keep_trailing_newline=True,
+        optimized=False,
+        finalize=_finalize,
     )
     env.globals.clear()
     env.globals["range"] = safe_range
     env.filters.clear()
-    env.filters.update({name: _checked(f) for name, f in _FILTERS.items()})
+    env.filters.update(
+        {name: _checked(f, stringifies=name not in _PASS_THROUGH) for name, f in _FILTERS.items()}
+    )
     env.filters[_CONCAT_FILTER] = _concat
+    env.filters[_BUILT_FILTER] = _built
     env.filters[_LOOP_FILTER] = _guard_loop
     return env
 
@@ -322,7 +435,8 @@ class Refused(Exception):
 
 
 class Harden(NodeTransformer):
-    """Refuses the forbidden statements, counts loop iterations, checks concatenations."""
+    """Refuses the forbidden statements, counts loop iterations, checks concatenations
+    and list, tuple and dict literals."""
 
     def generic_visit(self, node: nodes.Node, *args: Any, **kwargs: Any) -> nodes.Node:
         if isinstance(node, _FORBIDDEN_NODES):
@@ -340,6 +454,14 @@ class Harden(NodeTransformer):
     def visit_Concat(self, node: nodes.Concat) -> nodes.Node:
         self.generic_visit(node)
         return _filter(nodes.List(node.nodes, lineno=node.lineno), _CONCAT_FILTER, node.lineno)
+
+    def _literal(self, node: nodes.List | nodes.Tuple | nodes.Dict) -> nodes.Node:
+        self.generic_visit(node)
+        if isinstance(node, nodes.Tuple) and node.ctx != "load":
+            return node  # an assignment target (`{% for a, b in pairs %}`)
+        return _filter(node, _BUILT_FILTER, node.lineno)
+
+    visit_List = visit_Tuple = visit_Dict = _literal
 
 
 def _filter(value: nodes.Node, name: str, lineno: int) -> nodes.Filter:

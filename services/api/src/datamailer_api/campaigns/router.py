@@ -20,6 +20,7 @@ from datamailer_api.campaigns.schemas import (
     TestSendOut,
 )
 from datamailer_api.deps import CurrentClient
+from datamailer_api.rendering import RenderPoolDep
 from datamailer_web.app import SesDep, SessionDep, SettingsDep
 from datamailer_web.errors import error_responses
 
@@ -124,12 +125,13 @@ async def preview_campaign(
     auth: CurrentClient,
     session: SessionDep,
     settings: SettingsDep,
+    pool: RenderPoolDep,
     body: PreviewIn | None = None,
 ) -> PreviewOut:
     """Render the subject and bodies as a recipient would get them, with placeholder
     tokens in the unsubscribe and preference links (`{{ unsubscribe_url }}`)."""
     found = await service.find_scoped(session, auth, external_key, body)
-    return await service.preview(auth, found, body, settings)
+    return await service.preview(auth, found, body, settings, pool)
 
 
 @router.post("/{external_key}/test-send", response_model=TestSendOut, responses=error_responses(413, 415))
@@ -140,11 +142,12 @@ async def test_send_campaign(
     session: SessionDep,
     settings: SettingsDep,
     sesv2: SesDep,
+    pool: RenderPoolDep,
 ) -> TestSendOut:
     """Send the campaign now to at most 25 addresses (subject prefixed `[Test] `), in
     any status; no recipient rows, counters or events. One result per address."""
     found = await service.find_scoped(session, auth, external_key, body)
-    return await service.test_send(session, auth, found, body, settings, sesv2)
+    return await service.test_send(session, auth, found, body, settings, sesv2, pool)
 
 
 @router.get("/{external_key}/recipients", response_model=RecipientsOut)

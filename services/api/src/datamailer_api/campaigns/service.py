@@ -41,6 +41,7 @@ from datamailer_core.senders import Sender, resolve_sender
 from datamailer_core.sending import SendError, send_via_ses
 from datamailer_core.settings import Settings
 from datamailer_core.templating import TemplateError, validate_message_templates
+from datamailer_core.templating.pool import RenderPool
 
 # Pending recipients a cancel skips in its own request; the scheduler skips the rest.
 CANCEL_INLINE_LIMIT: Final = 10_000
@@ -164,14 +165,16 @@ def _content(auth: AuthContext, found: Found, settings: Settings, context: dict[
         raise ValidationFailed("the campaign's sender is not configured", fields=exc.fields) from None
 
 
-async def preview(auth: AuthContext, found: Found, body: PreviewIn | None, settings: Settings) -> PreviewOut:
+async def preview(
+    auth: AuthContext, found: Found, body: PreviewIn | None, settings: Settings, pool: RenderPool
+) -> PreviewOut:
     """The message as a recipient gets it (tracked links, pixel, unsubscribe link and
     headers), with placeholder tokens."""
     content = _content(auth, found, settings, body.context if body else {})
     email = body.email if body and body.email else PREVIEW_EMAIL
     try:
-        # In a thread: a template may take up to the render deadline, the loop must not.
-        message = await asyncio.to_thread(
+        # In the pool's processes: whatever a template does, the loop keeps serving.
+        message = await pool.run(
             build_recipient_message,
             content,
             email=email,
@@ -205,7 +208,13 @@ async def _test_send_block_reason(session: AsyncSession, organization_id: int, e
 
 
 async def test_send(
-    session: AsyncSession, auth: AuthContext, found: Found, body: TestSendIn, settings: Settings, sesv2: Any
+    session: AsyncSession,
+    auth: AuthContext,
+    found: Found,
+    body: TestSendIn,
+    settings: Settings,
+    sesv2: Any,
+    pool: RenderPool,
 ) -> TestSendOut:
     """Send the campaign now to up to 25 addresses, subject prefixed `[Test]`, with
     placeholder tokens (signed links still lead to their targets); no recipient rows,
@@ -233,7 +242,7 @@ async def test_send(
         if (reason := blocked[address]) is not None:
             return TestSendResult(email=email, status="skipped", reason=reason)
         try:
-            message = await asyncio.to_thread(
+            message = await pool.run(
                 build_recipient_message, content, email=email, tracking_token=PREVIEW_TOKEN,
                 unsubscribe_token=PREVIEW_TOKEN,
             )  # fmt: skip

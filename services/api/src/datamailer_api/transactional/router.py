@@ -6,6 +6,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
 from datamailer_api.deps import CurrentClient
+from datamailer_api.rendering import RenderPoolDep
 from datamailer_api.transactional import service
 from datamailer_api.transactional.schemas import (
     DeliveryDecisionOut,
@@ -124,12 +125,14 @@ def _json(model: Any, status: int) -> JSONResponse:
         **error_responses(400, 404, 413, 415),
     },
 )
-async def send(body: SendIn, auth: CurrentClient, session: SessionDep, publisher: PublisherDep) -> Any:
+async def send(
+    body: SendIn, auth: CurrentClient, session: SessionDep, publisher: PublisherDep, pool: RenderPoolDep
+) -> Any:
     """Send one transactional message. Checked in this order: payload, active template
     (404), idempotency key (replay), sender, `required_context`; then the contact is
     upserted and delivery decided. The row is committed before the queue message."""
     auth.require_client(body.client)
-    result = await service.send(session, auth, body)
+    result = await service.send(session, auth, body, pool)
     if result.preview is not None:
         return _json(_dry_run_out(result.preview), 200)
     message = result.message

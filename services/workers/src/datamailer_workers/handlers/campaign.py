@@ -93,7 +93,11 @@ async def _send(deps: WorkerDeps, recipient_id: int, request: dict[str, Any], ou
 
 async def _send_part(deps: WorkerDeps, content: CampaignContent, claim: BatchClaim) -> tuple[Outcomes, bool]:
     outcomes = Outcomes(sent={}, failed={}, retry={})
-    # Rendering is CPU work: one thread hop per part keeps the loop responsive.
+    # Rendering is CPU work: one thread hop per part keeps the loop responsive. Not in
+    # the API's render pool (`templating.pool`): the sandbox bounds every value, so no
+    # single step holds the interpreter for long and a render costs at most ~1 s and tens
+    # of MB; these templates were accepted (and usually previewed) before queueing; and
+    # pickling the content per batch would cost this hot path more than it protects.
     requests = await asyncio.to_thread(
         _build, content, deps.settings.ses.configuration_set, claim.claimed, outcomes
     )
