@@ -136,8 +136,8 @@ async def test_another_organization_never_reads_changes_or_erases_a_contact(
         ("POST", f"/api/contacts/{a_id}/tags/x"),
         ("DELETE", f"/api/contacts/{a_id}/tags/vip"),
     ):
-        body = {"verified": False} if method == "PATCH" else {"tags": []} if method == "PUT" else None
-        response = await api.request(method, path, json=body, headers=b.headers)
+        payload = {"verified": False} if method == "PATCH" else {"tags": []} if method == "PUT" else None
+        response = await api.request(method, path, json=payload, headers=b.headers)
         assert response.status_code == 404, (path, response.text)
 
     # A sees exactly what it saw before.
