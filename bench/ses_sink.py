@@ -1,11 +1,13 @@
 """A minimal local SES-compatible endpoint for benchmarks: answers SES v2 `SendEmail`
-(`POST /v2/email/outbound-emails`) with 200 and a unique `MessageId`, counts the calls,
-and nothing else. moto's server does a few hundred SES calls per second, too few to
-measure a fast pipeline; correctness stays with moto in the tests.
+(`POST /v2/email/outbound-emails`) with 200 and a unique `MessageId`, and `SendBulkEmail`
+(`POST /v2/email/outbound-bulk-emails`) with one `SUCCESS` result and `MessageId` per
+entry, counts the emails (one per entry) and the calls, and nothing else. moto's server
+does a few hundred SES calls per second, too few to measure a fast pipeline; correctness
+stays with moto in the tests.
 
 HTTP/1.1 with keep-alive on a bare `asyncio.Protocol` (no framework), so one process
 answers many thousands of calls per second. `GET /count` returns the count and this
-process's CPU seconds; `POST /reset` sets the count to 0. Anything else is 404.
+process's CPU seconds (and `calls`); `POST /reset` sets the count to 0. Anything else is 404.
 
     python -m bench.ses_sink --port 4579
 """
@@ -19,6 +21,10 @@ import resource
 import time
 
 SEND_PATH = b"/v2/email/outbound-emails"
+BULK_PATH = b"/v2/email/outbound-bulk-emails"
+# Each BulkEmailEntry has one `"Destination"` key; inside template data (a JSON string)
+# the quotes are escaped, so counting the bytes counts the entries.
+_ENTRY_KEY = b'"Destination"'
 _PREFIX = f"sink-{os.getpid()}-".encode()
 
 
@@ -34,13 +40,14 @@ def _response(status: bytes, body: bytes, *, close: bool) -> bytes:
 class Counters:
     def __init__(self) -> None:
         self.sent = 0
+        self.calls = 0
         self.ids = itertools.count(1)
         self.first: float | None = None
         self.last: float | None = None
 
     def snapshot(self) -> dict[str, float | int | None]:
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        return {"count": self.sent, "cpu_seconds": usage.ru_utime + usage.ru_stime,
+        return {"count": self.sent, "calls": self.calls, "cpu_seconds": usage.ru_utime + usage.ru_stime,
                 "first": self.first, "last": self.last}  # fmt: skip
 
 
@@ -76,30 +83,44 @@ class SinkProtocol(asyncio.Protocol):
                 close = True
         if len(self.buffer) < end + 4 + length:
             return False
+        body = bytes(self.buffer[end + 4 : end + 4 + length])
         del self.buffer[: end + 4 + length]
         method, target = lines[0].split(b" ")[:2]
         assert self.transport is not None
-        self.transport.write(self._answer(method, target.split(b"?")[0], close=close))
+        self.transport.write(self._answer(method, target.split(b"?")[0], body, close=close))
         if close:
             self.transport.close()
             return False
         return True
 
-    def _answer(self, method: bytes, path: bytes, *, close: bool) -> bytes:
+    def _sent(self, n: int) -> None:
+        counters = self.counters
+        counters.sent += n
+        counters.calls += 1
+        now = time.time()
+        counters.first = counters.first or now
+        counters.last = now
+
+    def _answer(self, method: bytes, path: bytes, request: bytes, *, close: bool) -> bytes:
         counters = self.counters
         if method == b"POST" and path == SEND_PATH:
-            counters.sent += 1
-            now = time.time()
-            counters.first = counters.first or now
-            counters.last = now
+            self._sent(1)
             body = b'{"MessageId":"' + _PREFIX + str(next(counters.ids)).encode() + b'"}'
             return _response(b"200 OK", body, close=close)
+        if method == b"POST" and path == BULK_PATH:
+            n = request.count(_ENTRY_KEY)
+            self._sent(n)
+            results = b",".join(
+                b'{"Status":"SUCCESS","MessageId":"' + _PREFIX + str(next(counters.ids)).encode() + b'"}'
+                for _ in range(n)
+            )
+            return _response(b"200 OK", b'{"BulkEmailEntryResults":[' + results + b"]}", close=close)
         if method == b"GET" and path == b"/count":
             return _response(b"200 OK", json.dumps(counters.snapshot()).encode(), close=close)
         if method == b"POST" and path == b"/reset":
-            counters.sent, counters.first, counters.last = 0, None, None
+            counters.sent, counters.calls, counters.first, counters.last = 0, 0, None, None
             return _response(b"200 OK", b"{}", close=close)
-        body = b'{"__type":"NotFoundException","message":"the benchmark sink answers SendEmail only"}'
+        body = b'{"__type":"NotFoundException","message":"the benchmark sink answers SendEmail and SendBulkEmail only"}'
         return _response(b"404 Not Found", body, close=close)
 
 

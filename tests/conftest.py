@@ -38,6 +38,7 @@ from datamailer_cli import ops
 from datamailer_cli.localpg import LocalPostgres, free_port
 from datamailer_core.settings import Settings
 from tests.factories import TenantFactory
+from tests.ses_bulk import BulkEndpoint, bulk_proxy
 
 T = TypeVar("T")
 pytest_plugins: list[str] = []
@@ -161,11 +162,26 @@ def moto_endpoint() -> Iterator[str]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def bulk_server(moto_endpoint: str) -> Iterator[tuple[str, BulkEndpoint]]:
+    """The SES v2 `SendBulkEmail` endpoint (tests/ses_bulk.py) in front of moto."""
+    with bulk_proxy(moto_endpoint) as served:
+        yield served
+
+
 @pytest.fixture
-def aws_endpoint(moto_endpoint: str) -> str:
-    """moto's server, emptied before the test."""
+def aws_endpoint(moto_endpoint: str, bulk_server: tuple[str, BulkEndpoint]) -> str:
+    """moto's server behind the `SendBulkEmail` endpoint, both emptied before the test."""
     httpx.post(f"{moto_endpoint}/moto-api/reset").raise_for_status()
-    return moto_endpoint
+    url, endpoint = bulk_server
+    endpoint.reset()
+    return url
+
+
+@pytest.fixture
+def ses_bulk(aws_endpoint: str, bulk_server: tuple[str, BulkEndpoint]) -> BulkEndpoint:
+    """What `SendBulkEmail` rendered, and the statuses it is told to answer."""
+    return bulk_server[1]
 
 
 def settings_for(database_url: str, aws_endpoint: str | None = None, **env: str) -> Settings:
