@@ -31,6 +31,8 @@ campaigns_app = typer.Typer(help="Campaign procedures of the runbook.", no_args_
 app.add_typer(campaigns_app, name="campaigns")
 contacts_app = typer.Typer(help="Contact procedures.", no_args_is_help=True)
 app.add_typer(contacts_app, name="contacts")
+webhooks_app = typer.Typer(help="Outbound webhook endpoints.", no_args_is_help=True)
+app.add_typer(webhooks_app, name="webhooks")
 
 T = TypeVar("T")
 
@@ -210,6 +212,37 @@ def contacts_erase(
     typer.echo(f"erased in {len(erased)} organizations" + (f": {', '.join(erased)}" if erased else ""))
 
 
+def _report_webhooks(changes: list[tuple[str, bool]], done: str) -> None:
+    for url, changed in changes:
+        typer.echo(f"{url}: {done}" + ("" if changed else " (already)"))
+
+
+@webhooks_app.command("enable")
+@one_line_errors
+def webhooks_enable(
+    client: Annotated[str, typer.Argument(help="Client slug.")],
+    url: Annotated[
+        str | None, typer.Option(help="Only this endpoint (default: all of the client's).")
+    ] = None,
+    organization: Annotated[str | None, typer.Option(help="Organization slug.")] = None,
+) -> None:
+    """Re-enable endpoints (e.g. disabled after consecutive failures); failures reset."""
+    _report_webhooks(run(ops.set_webhooks_enabled(settings(), client, True, url, organization)), "enabled")
+
+
+@webhooks_app.command("disable")
+@one_line_errors
+def webhooks_disable(
+    client: Annotated[str, typer.Argument(help="Client slug.")],
+    url: Annotated[
+        str | None, typer.Option(help="Only this endpoint (default: all of the client's).")
+    ] = None,
+    organization: Annotated[str | None, typer.Option(help="Organization slug.")] = None,
+) -> None:
+    """Stop delivering to endpoints until they are enabled again."""
+    _report_webhooks(run(ops.set_webhooks_enabled(settings(), client, False, url, organization)), "disabled")
+
+
 @app.command()
 @one_line_errors
 def worker(
@@ -236,7 +269,7 @@ def worker(
 def scheduler_command(
     once: Annotated[bool, typer.Option("--once", help="Run every job once, then exit.")] = False,
 ) -> None:
-    """Re-enqueue lost `queued` messages and expire stale leases, every SCHEDULER_INTERVAL_SECONDS."""
+    """Re-enqueue lost messages, expire stale leases, dispatch webhooks; every SCHEDULER_INTERVAL_SECONDS."""
     cfg = settings()
     configure_logging(cfg.log)
     results = run(scheduler.run(cfg, once=once))

@@ -14,7 +14,7 @@ from datamailer_core.contracts import DLQ_SUFFIX, QUEUE_NAMES
 from datamailer_core.db.engine import create_engine, create_sessionmaker
 from datamailer_core.errors import NotFound
 from datamailer_core.models import Contact, Organization
-from datamailer_core.repositories import scope
+from datamailer_core.repositories import scope, webhooks
 from datamailer_core.repositories.audience_queries import erase_contact
 from datamailer_core.repositories.contacts import normalize_email
 from datamailer_core.security import IssuedKey
@@ -163,3 +163,12 @@ async def erase_address(settings: Settings, email: str, organization: str | None
         for contact, _ in found:
             await erase_contact(session, contact)
         return [slug for _, slug in found]
+
+
+async def set_webhooks_enabled(
+    settings: Settings, client: str, enabled: bool, url: str | None = None, organization: str | None = None
+) -> list[tuple[str, bool]]:
+    """Enable or disable a client's webhook endpoints (or one); (url, changed) each."""
+    async with session_scope(settings) as session:
+        found = await scope.get_client_by_slug(session, client, organization)
+        return await webhooks.set_endpoints_status(session, found.id, enabled=enabled, url=url)

@@ -42,6 +42,7 @@ def test_scheduler_once_runs_every_job_and_reports_counts(worker_env: WorkerEnv,
         "campaigns.expire_leases: 0",
         "campaigns.start_due: 0",
         "campaigns.advance: 0",
+        "webhooks.dispatch: 0",
     ]
 
 

@@ -36,6 +36,7 @@ IDLE = {
     "campaigns.expire_leases": 0,
     "campaigns.start_due": 0,
     "campaigns.advance": 0,
+    "webhooks.dispatch": 0,
 }
 
 

@@ -10,6 +10,7 @@ from datamailer_api.rendering import with_render_pool
 from datamailer_api.senders.router import router as senders_router
 from datamailer_api.transactional.router import router as transactional_router
 from datamailer_api.verification.router import router as verification_router
+from datamailer_api.webhooks.router import router as webhooks_router
 from datamailer_core.settings import Settings
 from datamailer_web.app import build_app
 
@@ -28,4 +29,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(transactional_router)
     app.include_router(verification_router)
     app.include_router(campaigns_router)
+    app.include_router(webhooks_router)
     return app

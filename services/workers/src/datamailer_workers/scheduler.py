@@ -3,7 +3,7 @@
 Each job is a small async function of the worker dependencies returning how many rows it
 acted on; it runs every `interval` seconds. Jobs take their rows with
 `FOR UPDATE SKIP LOCKED`, so two schedulers never act on one row twice. Campaign
-scheduling and outbound webhook dispatch add themselves to `default_jobs` later.
+scheduling and outbound webhook dispatch (`webhook_dispatch`) are among `default_jobs`.
 """
 
 import asyncio
@@ -20,6 +20,7 @@ from datamailer_core.settings import Settings
 from datamailer_workers import campaign_jobs
 from datamailer_workers.deps import WorkerDeps, open_deps
 from datamailer_workers.poller import install_stop_signals
+from datamailer_workers.webhook_dispatch import dispatch_webhooks
 
 logger = logging.getLogger("datamailer.scheduler")
 
@@ -98,6 +99,7 @@ def default_jobs(settings: Settings) -> list[PeriodicJob]:
         PeriodicJob("transactional.expire_leases", interval, expire_transactional_leases),
         PeriodicJob("campaigns.expire_leases", interval, expire_campaign_leases),
         *campaign_periodic_jobs(CampaignSettings()),
+        PeriodicJob("webhooks.dispatch", interval, dispatch_webhooks),
     ]
 
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from datamailer_core.repositories import webhooks
 from datamailer_core.repositories.contacts import address_hash
 from datamailer_core.repositories.events import NewEvent, append_events
 
@@ -349,4 +350,8 @@ async def apply_contacts(
             },
         )
     await append_events(session, events)
+    emails = {states[i.normalized].contact_id: i.email for i in items}
+    await webhooks.record_events(
+        session, client_id=client_id, events=webhooks.subscription_events(events, emails)
+    )
     return ApplyResult(outcomes, [states[i.normalized].contact_id for i in items])

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from datamailer_core.contracts import TransactionalEmailV1
 from datamailer_core.models import Client, Contact, EmailEvent, TransactionalMessage
 from datamailer_core.models.transactional import MESSAGE_STATUSES, UNFINISHED_MESSAGE_STATUSES
+from datamailer_core.repositories import webhooks
 from datamailer_core.settings import ExpiredLeasePolicy
 
 TERMINAL_STATUSES: Final = tuple(s for s in MESSAGE_STATUSES if s not in UNFINISHED_MESSAGE_STATUSES)
@@ -349,7 +350,9 @@ async def _finish(
         .add_cte(done)
         .returning(EmailEvent.transactional_message_id)
     )
-    return [int(i) for i in (await session.scalars(event)).all() if i is not None]
+    ids = [int(i) for i in (await session.scalars(event)).all() if i is not None]
+    await webhooks.record_transactional_events(session, ids, status, metadata)
+    return ids
 
 
 async def record_sent(session: AsyncSession, message_id: int, owner: str, ses_message_id: str) -> bool:

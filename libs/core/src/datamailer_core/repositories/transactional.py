@@ -14,6 +14,7 @@ from datamailer_core.models import (
     EmailEvent,
     TransactionalMessage,
 )
+from datamailer_core.repositories import webhooks
 from datamailer_core.repositories.contacts import address_hash, applicable_suppressions, normalize_email
 
 
@@ -96,6 +97,8 @@ async def append_message_event(
         )
     )
     await session.flush()
+    if event_type in ("skipped", "failed"):
+        await webhooks.record_transactional_events(session, [message.id], event_type, metadata)
 
 
 async def find_audience(session: AsyncSession, organization_id: int, slug: str) -> Audience | None:

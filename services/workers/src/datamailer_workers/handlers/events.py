@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from datamailer_core.campaigns.opens import machine_reason
 from datamailer_core.contracts import EmailEventV1
-from datamailer_core.repositories import tracking
+from datamailer_core.repositories import tracking, webhooks
 from datamailer_core.security import hash_token
 from datamailer_workers.deps import WorkerDeps
 from datamailer_workers.handlers.shared import in_transaction
@@ -75,6 +75,17 @@ async def apply_email_event(msg: EmailEventV1, deps: WorkerDeps) -> Outcome:
                 url=msg.url,
                 metadata=kept,
             )
+        if recorded:
+            data: dict[str, Any] = {
+                "campaign_id": recipient.campaign_id,
+                "contact_id": recipient.contact_id,
+                "occurred_at": msg.occurred_at,
+            }
+            if msg.event_type == "open":
+                kind, data["machine"] = "message.opened", reason is not None
+            else:
+                kind, data["url"] = "message.clicked", msg.url
+            await webhooks.record_event(session, client_id=recipient.client_id, event_type=kind, data=data)
         return "recorded" if recorded else "duplicate"
 
     return await in_transaction(deps, work)
