@@ -56,6 +56,8 @@ class WebhookDelivery(EagerDefaults, LeaseMixin, TimestampMixin, Base):
         one_of("status", DELIVERY_STATUSES),
         Index(None, "status", "next_attempt_at"),
         Index(None, "endpoint_id", "created_at"),
+        # A client's deliveries, newest first (the client API pages them by id).
+        Index(None, "client_id", "id"),
     )
 
     id: Mapped[int] = bigint_pk()
