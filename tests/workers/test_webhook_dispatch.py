@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,6 +34,7 @@ from datamailer_workers.scheduler import default_jobs, run_once
 from datamailer_workers.webhook_dispatch import dispatch_webhooks
 from tests.workers.conftest import WorkerEnv
 from tests.workers.helpers import Seeded, insert_queued, seed_client
+from tests.workers.test_commands import run_cli
 from tests.workers.test_email_events import LINK, sent_campaign
 from tests.workers.test_email_events import event as email_event
 
@@ -289,6 +291,38 @@ async def test_an_operator_can_disable_one_endpoint(deps: WorkerDeps, worker_env
     assert statuses == {"https://a.example.com/hook": "active", "https://b.example.com/hook": "disabled"}
     with pytest.raises(Exception, match="no such webhook endpoint"):
         await ops.set_webhooks_enabled(settings, seeded.client_slug, True, "https://c.example.com/hook")
+
+
+async def test_webhooks_commands_enable_and_disable_idempotently(
+    deps: WorkerDeps, worker_env: WorkerEnv, tmp_path: Path
+) -> None:
+    seeded = await seed_client(deps, verify_sender=False)
+    await set_endpoints(deps, seeded, "https://a.example.com/hook")
+    env = worker_env.environ()
+
+    def cli(*args: str) -> tuple[int, str, str]:
+        done = run_cli(env, tmp_path, "webhooks", *args)
+        return done.returncode, done.stdout, done.stderr
+
+    assert cli("disable", seeded.client_slug) == (0, "https://a.example.com/hook: disabled\n", "")
+    assert cli("disable", seeded.client_slug)[1] == "https://a.example.com/hook: disabled (already)\n"
+    assert cli("enable", seeded.client_slug, "--url", "https://a.example.com/hook")[:2] == (
+        0,
+        "https://a.example.com/hook: enabled\n",
+    )
+    for args in (("enable", "nosuch"), ("enable", seeded.client_slug, "--url", "https://b.example.com/")):
+        code, out, err = cli(*args)
+        assert (code, out) == (1, "")
+        assert err.startswith("error: ")
+        assert err.count("\n") == 1
+    assert (await endpoint_of_url(deps, "https://a.example.com/hook")).status == "active"
+
+
+async def endpoint_of_url(deps: WorkerDeps, url: str) -> WebhookEndpoint:
+    async with deps.sessionmaker() as session:
+        found = await session.scalar(select(WebhookEndpoint).where(WebhookEndpoint.url == url))
+    assert found is not None
+    return found
 
 
 async def test_a_redirect_is_not_followed(deps: WorkerDeps, receiver: Receiver) -> None:
