@@ -28,7 +28,10 @@ from typing import Final, ParamSpec, TypeVar
 
 from datamailer_core.templating import RENDER_TIMEOUT_SECONDS, TemplateError
 
-HARD_TIMEOUT_SECONDS: Final = RENDER_TIMEOUT_SECONDS + 2.0
+# The sandbox stops a render at RENDER_TIMEOUT_SECONDS by itself; this backstop only
+# catches what it cannot interrupt (one long C call), so it is generous: a niced worker
+# on a busy machine must not turn an ordinary render into a client error.
+HARD_TIMEOUT_SECONDS: Final = RENDER_TIMEOUT_SECONDS + 9.0
 MEMORY_LIMIT_BYTES: Final = 512 * 1024 * 1024
 DEFAULT_WORKERS: Final = 2
 NICENESS: Final = 10
