@@ -136,7 +136,9 @@ async def test_another_organization_never_reads_changes_or_erases_a_contact(
         ("POST", f"/api/contacts/{a_id}/tags/x"),
         ("DELETE", f"/api/contacts/{a_id}/tags/vip"),
     ):
-        payload = {"verified": False} if method == "PATCH" else {"tags": []} if method == "PUT" else None
+        payload: dict[str, Any] | None = {"verified": False} if method == "PATCH" else None
+        if method == "PUT":
+            payload = {"tags": []}
         response = await api.request(method, path, json=payload, headers=b.headers)
         assert response.status_code == 404, (path, response.text)
 
