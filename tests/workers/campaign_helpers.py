@@ -23,6 +23,7 @@ from datamailer_workers.deps import WorkerDeps
 from datamailer_workers.poller import QueuePoller
 from datamailer_workers.registry import HANDLERS, Handler
 from tests.factories import Tenant, TenantFactory
+from tests.ses_bulk import as_email, bulk_messages
 
 SENDER_ADDRESS = "news@app.example.com"
 POLL_SECONDS = 1
@@ -111,11 +112,12 @@ def ses_data(aws_endpoint: str) -> dict[str, Any]:
 
 
 def sends_by_recipient(aws_endpoint: str) -> Counter[str]:
-    """How many messages moto's SES accepted per recipient address (raw and simple;
-    moto lists a raw message's To header next to the Destination, so once per message)."""
+    """How many messages SES accepted per recipient address: moto's (raw and simple;
+    moto lists a raw message's To header next to the Destination, so once per message)
+    and those the `SendBulkEmail` endpoint rendered."""
     counts: Counter[str] = Counter()
     data = ses_data(aws_endpoint)
-    for item in data.get("RawMessage", []) + data.get("Message", []):
+    for item in data.get("RawMessage", []) + data.get("Message", []) + bulk_messages(aws_endpoint):
         counts.update({email.utils.parseaddr(address)[1].lower() for address in item["destinations"]})
     return counts
 
@@ -126,7 +128,7 @@ def raw_messages(aws_endpoint: str) -> list[EmailMessage]:
         parsed = email.message_from_string(item["raw_data"], policy=email.policy.default)
         assert isinstance(parsed, EmailMessage)
         found.append(parsed)
-    return found
+    return found + [as_email(item) for item in bulk_messages(aws_endpoint)]
 
 
 async def recipient_rows(deps: WorkerDeps, campaign_id: int) -> list[Any]:

@@ -209,15 +209,22 @@ class FailingSes:
         self.real, self.code, self.times, self.status = real, code, times, status
         self.failures = 0
 
-    async def send_email(self, **request: Any) -> Any:
+    def _fail(self, operation: str) -> None:
         if self.failures < self.times:
             self.failures += 1
             response: Any = {
                 "Error": {"Code": self.code, "Message": "Maximum sending rate exceeded."},
                 "ResponseMetadata": {"HTTPStatusCode": self.status},
             }
-            raise ClientError(response, "SendEmail")
+            raise ClientError(response, operation)
+
+    async def send_email(self, **request: Any) -> Any:
+        self._fail("SendEmail")
         return await self.real.send_email(**request)
+
+    async def send_bulk_email(self, **request: Any) -> Any:
+        self._fail("SendBulkEmail")
+        return await self.real.send_bulk_email(**request)
 
 
 def with_ses(deps: WorkerDeps, sesv2: Any) -> WorkerDeps:

@@ -302,6 +302,12 @@ class RecordingSes:
         await asyncio.sleep(self.delay)
         return await self.real.send_email(**request)
 
+    async def send_bulk_email(self, **request: Any) -> Any:
+        """One start per destination: the tests count recipients sent to."""
+        self.started.extend([time.monotonic()] * len(request["BulkEmailEntries"]))
+        await asyncio.sleep(self.delay)
+        return await self.real.send_bulk_email(**request)
+
 
 async def sent_count(deps: WorkerDeps, campaign_id: int) -> int:
     async with deps.sessionmaker() as session:

@@ -181,6 +181,16 @@ def _clean_headers(headers: Mapping[str, str]) -> list[tuple[str, str]]:
     return cleaned
 
 
+def check_headers(headers: Mapping[str, str]) -> None:
+    """Raises InvalidMessage when `headers` could not go into a message as they are."""
+    _clean_headers(headers)
+
+
+def recipient_mailbox(value: str) -> str:
+    """A `To` address as SES gets it; raises InvalidMessage (`invalid_to`)."""
+    return _mailbox(_address(value, "to"))
+
+
 def tag_value(value: object) -> str:
     """A value SES accepts as a message tag (others are replaced by `_`)."""
     return _TAG_UNSAFE.sub("_", str(value))[:256] or "_"

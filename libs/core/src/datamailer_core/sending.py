@@ -1,4 +1,4 @@
-"""Calling SES v2 `SendEmail` and classifying what went wrong.
+"""Calling SES v2 `SendEmail` (and `SendBulkEmail`) and classifying what went wrong.
 
 Transient (retry via the queue with backoff): throttling, timeouts, 5xx, connection
 errors, and credential/permission errors an operator can fix without touching the
@@ -121,8 +121,29 @@ def classify_client_error(exc: ClientError) -> SendError:
 
 async def send_via_ses(sesv2: Any, request: dict[str, Any]) -> SendResult:
     """One SES v2 SendEmail call; raises TransientSendError or PermanentSendError."""
+    response = await _call(sesv2.send_email, request)
+    message_id = response.get("MessageId")
+    if not message_id:
+        raise TransientSendError("MissingMessageId", "SES answered without a MessageId")
+    return SendResult(message_id=str(message_id))
+
+
+async def send_bulk_via_ses(sesv2: Any, request: dict[str, Any]) -> list[dict[str, Any]]:
+    """One SES v2 SendBulkEmail call: its `BulkEmailEntryResults`, one per entry in
+    order; raises TransientSendError or PermanentSendError for the whole call (also
+    when SES answers with another number of results than entries)."""
+    response = await _call(sesv2.send_bulk_email, request)
+    results = list(response.get("BulkEmailEntryResults") or [])
+    if len(results) != len(request["BulkEmailEntries"]):
+        raise TransientSendError(
+            "BulkResultMismatch", f"{len(results)} results for {len(request['BulkEmailEntries'])} entries"
+        )
+    return results
+
+
+async def _call(method: Any, request: dict[str, Any]) -> dict[str, Any]:
     try:
-        response = await sesv2.send_email(**request)
+        response: dict[str, Any] = await method(**request)
     except ClientError as exc:
         raise classify_client_error(exc) from exc
     except ParamValidationError as exc:
@@ -133,7 +154,4 @@ async def send_via_ses(sesv2: Any, request: dict[str, Any]) -> SendResult:
         raise TransientSendError(type(exc).__name__, str(exc)) from exc
     except BotoCoreError as exc:
         raise TransientSendError(type(exc).__name__, str(exc)) from exc
-    message_id = response.get("MessageId")
-    if not message_id:
-        raise TransientSendError("MissingMessageId", "SES answered without a MessageId")
-    return SendResult(message_id=str(message_id))
+    return response

@@ -44,9 +44,13 @@ def click_signature(secret_key: str, token: str, url: str) -> str:
     return digest.hexdigest()[:SIGNATURE_CHARS]
 
 
-def click_url(public_base_url: str, secret_key: str, token: str, url: str) -> str:
-    signature = click_signature(secret_key, token, url)
+def click_link(public_base_url: str, token: str, url: str, signature: str) -> str:
+    """The click URL for a token and signature (or the template variables standing for them)."""
     return f"{public_base_url.rstrip('/')}/t/c/{token}?u={quote(url, safe='')}&s={signature}"
+
+
+def click_url(public_base_url: str, secret_key: str, token: str, url: str) -> str:
+    return click_link(public_base_url, token, url, click_signature(secret_key, token, url))
 
 
 def click_target_is_genuine(secret_key: str, token: str, url: str, signature: str) -> bool:
@@ -56,6 +60,10 @@ def click_target_is_genuine(secret_key: str, token: str, url: str, signature: st
 
 def pixel_url(public_base_url: str, token: str) -> str:
     return f"{public_base_url.rstrip('/')}/t/o/{token}.gif"
+
+
+def pixel_html(public_base_url: str, token: str) -> str:
+    return f'<img src="{pixel_url(public_base_url, token)}" width="1" height="1" alt="" style="display:none">'
 
 
 def _is_web_link(url: str) -> bool:
@@ -85,7 +93,7 @@ def rewrite_text_links(text: str, rewrite: Callable[[str], str | None]) -> str:
     return _TEXT_URL.sub(replace, text)
 
 
-def _before_body_end(html: str, addition: str) -> str:
+def before_body_end(html: str, addition: str) -> str:
     ends = list(_BODY_END.finditer(html))
     if not ends:
         return html + addition
@@ -115,7 +123,7 @@ def with_unsubscribe(email: OutgoingEmail, unsubscribe: str, mailto: str | None)
     headers a campaign message gets."""
     html = email.html_body
     if html is not None:
-        html = _before_body_end(html, unsubscribe_footer_html(html, unsubscribe))
+        html = before_body_end(html, unsubscribe_footer_html(html, unsubscribe))
     text = email.text_body
     if text is not None:
         text = with_unsubscribe_text(text, unsubscribe)
@@ -171,7 +179,26 @@ def campaign_content(
 def build_recipient_message(
     content: CampaignContent, *, email: str, tracking_token: str, unsubscribe_token: str
 ) -> OutgoingEmail:
-    """Render and decorate one recipient's message; raises `TemplateError`."""
+    """One recipient's message exactly as the campaign's send mode sends it (the preview
+    and the test-send use this): from the campaign's bulk template when it has one
+    (`campaigns.bulk`), else rendered for the recipient. Raises `TemplateError`."""
+    from datamailer_core.campaigns.bulk import plan_send
+
+    plan = plan_send(content)
+    if plan.template is not None:
+        return plan.template.message(
+            content, email=email, tracking_token=tracking_token, unsubscribe_token=unsubscribe_token
+        )
+    return render_recipient_message(
+        content, email=email, tracking_token=tracking_token, unsubscribe_token=unsubscribe_token
+    )
+
+
+def render_recipient_message(
+    content: CampaignContent, *, email: str, tracking_token: str, unsubscribe_token: str
+) -> OutgoingEmail:
+    """Render and decorate one recipient's message (the per-recipient `SendEmail` path);
+    raises `TemplateError`."""
     base = content.public_base_url.rstrip("/")
     unsubscribe = unsubscribe_url(base, unsubscribe_token)
     context = recipient_context(
@@ -187,10 +214,9 @@ def build_recipient_message(
     html = rendered.html_body
     if html is not None:
         html = rewrite_html_links(html, track)
-        pixel = (
-            f'<img src="{pixel_url(base, tracking_token)}" width="1" height="1" alt="" style="display:none">'
+        html = before_body_end(
+            html, unsubscribe_footer_html(html, unsubscribe) + pixel_html(base, tracking_token)
         )
-        html = _before_body_end(html, unsubscribe_footer_html(html, unsubscribe) + pixel)
     text = rendered.text_body
     if text is not None:
         text = with_unsubscribe_text(rewrite_text_links(text, track), unsubscribe)

@@ -4,7 +4,13 @@ The batch is worked in parts no larger than the send-rate bucket. For each part:
 the rate tokens (non-priority: campaign mail never queues ahead of transactional mail),
 claim the part with a lease in one statement (which re-checks that the campaign is
 still `sending` and each contact still eligible), build and send the messages outside
-any transaction, record every outcome in one short transaction. A pause or cancel
+any transaction, record every outcome in one short transaction.
+
+Sending is decided once per campaign (`campaigns.bulk.plan_send`): `bulk` sends the
+campaign's inline template with `SendBulkEmail`, 50 destinations per call, and maps
+each entry's status to its recipient (SUCCESS sent with its MessageId; throttled,
+transient, quota and paused statuses retried for those recipients only; the others
+failed with the status); `per_recipient` renders and sends one `SendEmail` each. A pause or cancel
 therefore stops the batch at the next part; recipients left `pending` are fed again on
 resume. A duplicate record finds its rows terminal or leased and sends nothing.
 """
@@ -15,7 +21,17 @@ from typing import Any, Final
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from datamailer_core.campaigns.message import CampaignContent, build_recipient_message, campaign_content
+from datamailer_core.campaigns.bulk import (
+    THROTTLED_STATUSES,
+    BulkRecipient,
+    BulkTemplate,
+    bulk_entry,
+    bulk_request,
+    chunks,
+    entry_outcome,
+    plan_send,
+)
+from datamailer_core.campaigns.message import CampaignContent, campaign_content, render_recipient_message
 from datamailer_core.contracts import CampaignEmailV1
 from datamailer_core.errors import ValidationFailed
 from datamailer_core.mail import InvalidMessage, build_ses_request
@@ -28,7 +44,13 @@ from datamailer_core.repositories.campaign_sends import (
     TokenPair,
 )
 from datamailer_core.security import hash_token, new_token
-from datamailer_core.sending import PermanentSendError, TransientSendError, send_via_ses
+from datamailer_core.sending import (
+    MAX_REASON_LENGTH,
+    PermanentSendError,
+    TransientSendError,
+    send_bulk_via_ses,
+    send_via_ses,
+)
 from datamailer_core.templating import TemplateError
 from datamailer_workers.deps import WorkerDeps
 from datamailer_workers.errors import RetryLater
@@ -63,7 +85,7 @@ def _build(
     tags = {"campaign_id": content.campaign_id, "client": content.client_slug}
     for recipient in recipients:
         try:
-            email = build_recipient_message(
+            email = render_recipient_message(
                 content,
                 email=recipient.email,
                 tracking_token=recipient.tracking_token,
@@ -91,8 +113,76 @@ async def _send(deps: WorkerDeps, recipient_id: int, request: dict[str, Any], ou
     return False
 
 
+Batch = tuple[list[int], list[dict[str, Any]]]
+
+
+def _build_bulk(
+    content: CampaignContent,
+    template: BulkTemplate,
+    configuration_set: str | None,
+    recipients: list[ClaimedRecipient],
+    outcomes: Outcomes,
+) -> tuple[dict[str, Any], list[Batch]]:
+    """The request shared by the part's calls and its batches of at most 50 entries
+    (recipient ids and entries); what cannot be built is failed in `outcomes`."""
+    tags = {"campaign_id": content.campaign_id, "client": content.client_slug}
+    try:
+        shared = bulk_request(content, template, configuration_set=configuration_set, tags=tags)
+    except InvalidMessage as exc:
+        outcomes.failed.update({r.id: (exc.reason, exc.message) for r in recipients})
+        return {}, []
+    ids, entries = [], []
+    for r in recipients:
+        try:
+            entries.append(
+                bulk_entry(
+                    content, template, BulkRecipient(r.id, r.email, r.tracking_token, r.unsubscribe_token)
+                )
+            )
+        except InvalidMessage as exc:
+            outcomes.failed[r.id] = (exc.reason, exc.message)
+        else:
+            ids.append(r.id)
+    return shared, list(zip(chunks(ids), chunks(entries), strict=True))
+
+
+async def _send_bulk(deps: WorkerDeps, shared: dict[str, Any], batch: Batch, outcomes: Outcomes) -> bool:
+    """One SendBulkEmail call; each entry's outcome in `outcomes`. True when throttled."""
+    ids, entries = batch
+    try:
+        results = await send_bulk_via_ses(deps.sesv2, {**shared, "BulkEmailEntries": entries})
+    except TransientSendError as exc:
+        outcomes.retry.update(dict.fromkeys(ids, exc.reason))
+        return exc.throttled
+    except PermanentSendError as exc:
+        outcomes.failed.update(dict.fromkeys(ids, (exc.code, exc.reason)))
+        return False
+    throttled = False
+    for recipient_id, result in zip(ids, results, strict=True):
+        status = str(result.get("Status") or "FAILED")
+        error = str(result.get("Error") or "")[:MAX_REASON_LENGTH] or None
+        outcome = entry_outcome(status)
+        if outcome == "sent" and result.get("MessageId"):
+            outcomes.sent[recipient_id] = str(result["MessageId"])
+        elif outcome == "sent":
+            outcomes.retry[recipient_id] = "MissingMessageId: SES answered SUCCESS without a MessageId"
+        elif outcome == "retry":
+            outcomes.retry[recipient_id] = f"{status}: {error}" if error else status
+            throttled = throttled or status in THROTTLED_STATUSES
+        else:
+            outcomes.failed[recipient_id] = (status, error)
+    return throttled
+
+
 async def _send_part(deps: WorkerDeps, content: CampaignContent, claim: BatchClaim) -> tuple[Outcomes, bool]:
     outcomes = Outcomes(sent={}, failed={}, retry={})
+    template = plan_send(content).template
+    if template is not None:
+        shared, batches = await asyncio.to_thread(
+            _build_bulk, content, template, deps.settings.ses.configuration_set, claim.claimed, outcomes
+        )
+        throttled = await asyncio.gather(*(_send_bulk(deps, shared, batch, outcomes) for batch in batches))
+        return outcomes, any(throttled)
     # Rendering is CPU work: one thread hop per part keeps the loop responsive. Not in
     # the API's render pool (`templating.pool`): the sandbox bounds every value, so no
     # single step holds the interpreter for long and a render costs at most ~1 s and tens
