@@ -34,6 +34,7 @@ import http.client
 import itertools
 import json
 import re
+import sys
 import threading
 from collections import defaultdict, deque
 from collections.abc import Iterator, Mapping
@@ -340,6 +341,11 @@ class _Handler(BaseHTTPRequestHandler):
 
 class BulkProxy(ThreadingHTTPServer):
     daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that gave up (a stopped poller's cancelled long poll) is no error.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
     def __init__(self, upstream: str, endpoint: BulkEndpoint) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
