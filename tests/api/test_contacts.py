@@ -161,6 +161,61 @@ async def test_tags_replace_add_and_remove_idempotently(api: AsyncClient, tenant
     assert removed.json()["tags"] == ["c", "d"]
 
 
+async def test_upserted_tags_are_slugified(api: AsyncClient, tenant: Tenant) -> None:
+    long_name = "Weekly" + " !!" * 40  # 126 characters, its slug 6: the bound is the slug's
+    body = (await upsert(api, tenant, "s@example.com", tags=["Weekly News", "weekly-news", long_name])).json()
+    assert body["tags"] == ["weekly", "weekly-news"]
+    for tags, reason in ((["!!!"], "invalid"), ([""], "invalid"), (["Ab " * 30], "too_long")):
+        response = await api.post(
+            "/api/contacts", json=scoped(tenant, email="s@example.com", tags=tags), headers=tenant.headers
+        )
+        assert response.status_code == 400, tags
+        assert response.json()["error"]["fields"] == {"tags.0": reason}
+
+
+async def test_replaced_tags_are_slugified(api: AsyncClient, tenant: Tenant) -> None:
+    cid = (await upsert(api, tenant, "t@example.com")).json()["contact_id"]
+    replaced = await api.put(
+        f"/api/contacts/{cid}/tags",
+        json={"tags": ["Weekly News", "Ünïcödé", "weekly-news"]},
+        headers=tenant.headers,
+    )
+    assert replaced.status_code == 200, replaced.text
+    assert replaced.json()["tags"] == ["unicode", "weekly-news"]
+    refused = await api.put(f"/api/contacts/{cid}/tags", json={"tags": ["日本"]}, headers=tenant.headers)
+    assert refused.json()["error"]["fields"] == {"tags.0": "invalid"}
+
+
+async def test_one_tag_routes_slugify_the_name(api: AsyncClient, tenant: Tenant) -> None:
+    cid = (await upsert(api, tenant, "u@example.com")).json()["contact_id"]
+    added = await api.post(f"/api/contacts/{cid}/tags/Weekly News", headers=tenant.headers)
+    assert added.status_code == 200, added.text
+    assert added.json()["tags"] == ["weekly-news"]
+    removed = await api.delete(f"/api/contacts/{cid}/tags/WEEKLY  News", headers=tenant.headers)
+    assert removed.json()["tags"] == []
+    refused = await api.post(f"/api/contacts/{cid}/tags/%21%21", headers=tenant.headers)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["fields"] == {"slug": "invalid"}
+
+
+async def test_category_preferences_use_slugs(api: AsyncClient, tenant: Tenant) -> None:
+    await upsert(api, tenant, "v@example.com", status="subscribed")
+    categories = [{"tag": "Weekly News", "enabled": True}, {"tag": "weekly-news", "enabled": False}]
+    body = scoped(tenant, email="v@example.com", categories=categories)
+    put = await api.put("/api/contacts/preferences", json=body, headers=tenant.headers)
+    assert put.status_code == 200, put.text
+    assert put.json()["categories"] == [{"tag": "weekly-news", "enabled": False, "label": None}]
+    params = scoped(tenant, email="v@example.com", category_tags="Weekly News,Offers")
+    got = (await api.get("/api/contacts/preferences", params=params, headers=tenant.headers)).json()
+    assert got["categories"] == [
+        {"tag": "weekly-news", "enabled": False, "label": None},
+        {"tag": "offers", "enabled": True, "label": None},
+    ]
+    body["categories"] = [{"tag": "***", "enabled": True}]
+    refused = await api.put("/api/contacts/preferences", json=body, headers=tenant.headers)
+    assert refused.json()["error"]["fields"] == {"categories.0.tag": "invalid"}
+
+
 async def test_category_preferences_default_enabled_and_suppressed_cannot_enable(
     api: AsyncClient, tenant: Tenant
 ) -> None:

@@ -220,3 +220,41 @@ async def test_listing_filters_and_paginates(api: AsyncClient, tenant: Tenant) -
     ):
         response = await api.get("/api/contacts", params=scoped(tenant, **bad), headers=tenant.headers)
         assert response.status_code == 400, bad
+
+
+async def _tags_of(api: AsyncClient, tenant: Tenant, email: str) -> list[str]:
+    listed = (await api.get("/api/contacts", params=scoped(tenant), headers=tenant.headers)).json()
+    return next(list(c["tags"]) for c in listed["contacts"] if c["email"] == email)
+
+
+async def test_json_import_slugifies_tags(api: AsyncClient, tenant: Tenant) -> None:
+    contacts = [
+        {"email": "w@example.com", "tags": ["Weekly News", "VIP", "weekly-news"]},
+        {"email": "z@example.com", "tags": ["ok", "!!!"]},
+    ]
+    body = scoped(tenant, contacts=contacts)
+    result = (await api.post("/api/contacts/imports", json=body, headers=tenant.headers)).json()
+    assert (result["counts"]["created"], result["counts"]["invalid"]) == (1, 1)
+    assert [(e["index"], e["fields"]) for e in result["errors"]] == [(2, {"tags.1": "invalid"})]
+    assert await _tags_of(api, tenant, "w@example.com") == ["vip", "weekly-news"]
+
+
+async def test_csv_import_slugifies_tags(api: AsyncClient, tenant: Tenant) -> None:
+    content = _csv([["email", "tags"], ["w@example.com", "Weekly News;VIP"], ["z@example.com", "ok|%%%"]])
+    result = await _post_csv(api, tenant, content)
+    assert (result["counts"]["created"], result["counts"]["invalid"]) == (1, 1)
+    assert [(e["row"], e["fields"]) for e in result["errors"]] == [(3, {"tags.1": "invalid"})]
+    assert await _tags_of(api, tenant, "w@example.com") == ["vip", "weekly-news"]
+
+
+async def test_the_tags_filter_slugifies_names(api: AsyncClient, tenant: Tenant) -> None:
+    await upsert(api, tenant, "w@example.com", tags=["weekly-news", "vip"])
+    await upsert(api, tenant, "x@example.com", tags=["vip"])
+    params = scoped(tenant, tags="Weekly News, VIP")
+    listed = (await api.get("/api/contacts", params=params, headers=tenant.headers)).json()
+    assert [c["email"] for c in listed["contacts"]] == ["w@example.com"]
+    exported = await api.get("/api/contacts.csv", params=params, headers=tenant.headers)
+    assert [row["email"] for row in csv.DictReader(io.StringIO(exported.text))] == ["w@example.com"]
+    refused = await api.get("/api/contacts", params=scoped(tenant, tags="vip,!!!"), headers=tenant.headers)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["fields"] == {"tags": "invalid"}

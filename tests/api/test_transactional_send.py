@@ -454,6 +454,13 @@ async def test_a_disabled_category_blocks_mail_of_that_category(
     assert blocked.json()["error"]["reason"] == "category_unsubscribe"
     assert (await send(api, tenant, category_tag="billing", **scoped)).status_code == 202
     assert (await send(api, tenant)).status_code == 202
+    # The category is the tag's slug, as everywhere a tag enters.
+    named = await send(api, tenant, category_tag="Tips", **scoped)
+    assert named.status_code == 409
+    assert named.json()["error"]["reason"] == "category_unsubscribe"
+    refused = await send(api, tenant, category_tag="!!!", **scoped)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["fields"] == {"category_tag": "invalid"}
 
 
 async def test_no_subscription_is_needed_for_transactional_mail(

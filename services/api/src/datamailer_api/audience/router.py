@@ -1,6 +1,5 @@
 """Contacts, subscriptions, tags, category preferences, erase and history."""
 
-import re
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
@@ -8,12 +7,13 @@ from fastapi import APIRouter, Depends, Query
 from datamailer_api.audience import service
 from datamailer_api.audience.schemas import (
     NO_CONTROL,
-    SLUG_PATTERN,
     CategoryOut,
     ContactId,
     ContactOut,
     ContactStatus,
     ContactUpsertIn,
+    CursorQuery,
+    EmailQuery,
     EraseIn,
     EraseOut,
     HistoryItem,
@@ -30,10 +30,11 @@ from datamailer_api.audience.schemas import (
     UnsubscribeIn,
     ValidationPatchIn,
     VerificationIn,
+    slug_list,
 )
 from datamailer_api.deps import CurrentClient
 from datamailer_core import policy
-from datamailer_core.errors import Conflict, NotFound, ValidationFailed
+from datamailer_core.errors import Conflict, NotFound
 from datamailer_core.models import Contact
 from datamailer_core.repositories import audience_queries as queries
 from datamailer_core.repositories.audience import ContactInput, apply_contacts
@@ -63,7 +64,7 @@ async def upsert_contact(body: ContactUpsertIn, auth: CurrentClient, session: Se
 
 @router.get("/contacts/status", response_model=ContactStatus)
 async def contact_status(
-    email: Annotated[str, Query(max_length=320)],
+    email: EmailQuery,
     audience: ScopeQuery,
     client: ScopeQuery,
     auth: CurrentClient,
@@ -216,7 +217,7 @@ async def unsubscribe(body: UnsubscribeIn, auth: CurrentClient, session: Session
 
 @router.get("/contacts/preferences", response_model=PreferencesOut, tags=["preferences"])
 async def get_preferences(
-    email: Annotated[str, Query(max_length=320, pattern=NO_CONTROL)],
+    email: EmailQuery,
     audience: ScopeQuery,
     client: ScopeQuery,
     auth: CurrentClient,
@@ -234,10 +235,7 @@ async def get_preferences(
         if view
         else {}
     )
-    asked = [t.strip() for t in (category_tags or "").split(",") if t.strip()]
-    if not all(re.fullmatch(SLUG_PATTERN, t) for t in asked):
-        raise ValidationFailed("category_tags are comma-separated slugs", fields={"category_tags": "invalid"})
-    tags = asked or sorted(stored)
+    tags = slug_list(category_tags, "category_tags") or sorted(stored)
     categories = [
         CategoryOut(
             tag=t,
@@ -276,7 +274,8 @@ async def put_preferences(body: PreferencesIn, auth: CurrentClient, session: Ses
         contact_id=c.id,
         audience_id=scope.audience.id,
         client_id=scope.client_id,
-        categories=[(cat.tag, cat.enabled, cat.label) for cat in body.categories],
+        # one row per slug (`Weekly News` and `weekly-news` are one category): the last wins
+        categories=list({cat.tag: (cat.tag, cat.enabled, cat.label) for cat in body.categories}.values()),
         reason=body.reason,
     )
     await session.commit()
@@ -313,7 +312,7 @@ async def history(
     auth: CurrentClient,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
-    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    cursor: CursorQuery = None,
 ) -> HistoryOut:
     """Campaign recipients, transactional messages and events, newest first."""
     items, next_cursor = await queries.contact_history(

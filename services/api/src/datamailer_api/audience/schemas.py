@@ -10,9 +10,13 @@ from pydantic import (
     Field,
     StrictBool,
     StringConstraints,
+    WithJsonSchema,
 )
+from pydantic_core import PydanticCustomError
 
+from datamailer_core.errors import ValidationFailed
 from datamailer_core.repositories.audience_queries import MAX_ID
+from datamailer_core.slugs import slugify
 
 SubscriptionStatus = Literal["pending", "subscribed", "unsubscribed"]
 ValidationStatus = Literal[
@@ -25,13 +29,73 @@ ValidationStatus = Literal[
     "manually_invalid",
     "externally_validated",
 ]
-SLUG_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+MAX_SLUG = 64
+MAX_TAG_NAME = 255
 # PostgreSQL text cannot hold NUL: such input is invalid, never a database error.
 NO_NUL = r"^[^\x00]*$"
 # Query values echoed back or compared as text: no control characters at all.
 NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
-Slug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN)]
-Email = Annotated[str, StringConstraints(max_length=320)]
+
+
+def to_slug(name: str) -> str:
+    """A tag name as its slug (`Weekly News` → `weekly-news`): `invalid` when nothing is
+    left of it, `too_long` over 64 characters once slugified."""
+    slug = slugify(name)
+    if not slug:
+        raise PydanticCustomError("invalid", "no letter or digit to make a slug of")
+    if len(slug) > MAX_SLUG:
+        raise PydanticCustomError("too_long", "longer than {limit} characters as a slug", {"limit": MAX_SLUG})
+    return slug
+
+
+def slug_list(raw: str | None, field_name: str) -> list[str]:
+    """A query string's comma-separated tag names as their slugs, in order, once each;
+    any name that does not make a slug is a field error."""
+    slugs: list[str] = []
+    for name in (raw or "").split(","):
+        if not name.strip():
+            continue
+        if len(name) > MAX_TAG_NAME or "\x00" in name or not 0 < len(slug := slugify(name)) <= MAX_SLUG:
+            raise ValidationFailed("a tag name does not make a slug", fields={field_name: "invalid"})
+        if slug not in slugs:
+            slugs.append(slug)
+    return slugs
+
+
+# Every tag that enters the API (contact tags, filters, campaign tags, categories) is
+# stored and matched as its slug, made the way Django's slugify makes it.
+Slug = Annotated[
+    str,
+    StringConstraints(max_length=MAX_TAG_NAME, pattern=NO_NUL),
+    AfterValidator(to_slug),
+    Field(
+        json_schema_extra={"minLength": 1},
+        description="A tag name, used as its slug (Django's slugify: `Weekly News` → `weekly-news`); "
+        "a name with no letter or digit is `invalid`, a slug over 64 characters `too_long`.",
+    ),
+]
+
+
+def _any_case(word: str) -> str:
+    return "".join(f"[{ch.upper()}{ch}]" for ch in word)
+
+
+# What `clean_email` accepts, as far as JSON Schema can say it: one bare address of at
+# most 254 characters whose top-level domain is not special-use (RFC 6761).
+SPECIAL_USE_TLDS = ("arpa", "invalid", "local", "localhost", "onion", "test")
+EMAIL_SCHEMA = {
+    "type": "string",
+    "format": "email",
+    "maxLength": 254,
+    # No display name, list or space (`,;<>`), edge whitespace aside: trimmed.
+    "pattern": rf"^(?![\s\S]*\.(?:{'|'.join(map(_any_case, SPECIAL_USE_TLDS))})\s*$)\s*[^\s,;<>\x00]+\s*$",
+    "description": "One bare address (`ada@example.com`); a special-use top-level domain "
+    f"({', '.join(SPECIAL_USE_TLDS)}) is invalid.",
+}
+Email = Annotated[str, StringConstraints(max_length=320), WithJsonSchema(EMAIL_SCHEMA)]
+EmailQuery = Annotated[str, Query(max_length=320, pattern=NO_CONTROL), WithJsonSchema(EMAIL_SCHEMA)]
+# An opaque page token from `next_cursor` (URL-safe base64); any other is `cursor: invalid`.
+CursorQuery = Annotated[str | None, Query(max_length=200, pattern=r"^[A-Za-z0-9_-]*$")]
 Reason = Annotated[str, StringConstraints(max_length=500, pattern=NO_NUL)]
 ScopeSlug = Annotated[str, StringConstraints(min_length=1, max_length=120, pattern=NO_NUL)]
 ScopeQuery = Annotated[str, Query(min_length=1, max_length=120, pattern=NO_NUL)]

@@ -6,11 +6,10 @@ set-based batches, each in its own short transaction. The export streams from a 
 
 import csv
 import io
-import re
 from collections.abc import AsyncIterator
 from datetime import datetime
 from types import SimpleNamespace
-from typing import IO, Annotated, Any
+from typing import IO, Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
@@ -19,14 +18,15 @@ from starlette.datastructures import UploadFile as StarletteUpload
 
 from datamailer_api.audience import service
 from datamailer_api.audience.schemas import (
-    SLUG_PATTERN,
     ContactListOut,
     ContactOut,
+    CursorQuery,
     ImportIn,
     ImportOut,
     ScopeQuery,
     SubscriptionStatus,
     Timestamp,
+    slug_list,
 )
 from datamailer_api.deps import CurrentClient
 from datamailer_core.errors import UnsupportedMediaType, ValidationFailed
@@ -62,7 +62,6 @@ EXPORT_COLUMNS = (
     "updated_at",
 )
 _TRUE, _FALSE = {"true", "1", "yes", "y", "t"}, {"false", "0", "no", "n", "f"}
-_SLUG = re.compile(SLUG_PATTERN)
 
 
 @router.post("/contacts/imports", response_model=ImportOut)
@@ -161,8 +160,8 @@ def _check_csv(upload: IO[bytes]) -> None:
                         "required": ["file", "audience", "client"],
                         "properties": {
                             "file": {"type": "string", "format": "binary"},
-                            "audience": {"type": "string"},
-                            "client": {"type": "string"},
+                            "audience": {"type": "string", "minLength": 1, "maxLength": 120},
+                            "client": {"type": "string", "minLength": 1, "maxLength": 120},
                             "dry_run": {"type": "boolean"},
                         },
                     }
@@ -231,6 +230,7 @@ async def _import_form(form: FormData, auth: CurrentClient, session: SessionDep)
 
 
 FilterQuery = Annotated[str | None, Query(max_length=2000)]
+SuppressionFilter = Literal["none", "any", "global_unsubscribed", "hard_bounced", "complained"]
 
 
 async def contact_filters(
@@ -241,16 +241,12 @@ async def contact_filters(
     tags: FilterQuery = None,
     subscription_status: SubscriptionStatus | None = None,
     verified: bool | None = None,
-    suppression: FilterQuery = None,
+    suppression: SuppressionFilter | None = None,
     updated_since: Timestamp | None = None,
 ) -> tuple[service.ContactScope, queries.ContactFilters]:
     """The filters the listing and the export share, within the caller's scope."""
     scope = await service.resolve_scope(session, auth, audience, client)
-    if suppression is not None and suppression not in queries.SUPPRESSION_FILTERS:
-        raise ValidationFailed("unknown suppression filter", fields={"suppression": "invalid"})
-    tag_filter = tuple(t.strip() for t in (tags or "").split(",") if t.strip())
-    if not all(_SLUG.fullmatch(t) for t in tag_filter):
-        raise ValidationFailed("tags are comma-separated slugs", fields={"tags": "invalid"})
+    tag_filter = tuple(slug_list(tags, "tags"))
     filters = queries.ContactFilters(
         audience_id=scope.audience.id,
         client_id=scope.client_id,
@@ -271,7 +267,7 @@ async def list_contacts(
     filtered: Filtered,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: CursorQuery = None,
 ) -> ContactListOut:
     """The client's contacts in an audience, oldest first, with cursor pagination."""
     scope, filters = filtered

@@ -7,8 +7,9 @@ from typing import Annotated, Any, Literal
 from fastapi import Path, Query
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from datamailer_api.audience.schemas import NO_NUL, AwareTimestamp, ScopeSlug, Slug
-from datamailer_api.transactional.schemas import JsonObject, Text
+from datamailer_api.audience.schemas import NO_NUL, AwareTimestamp, Email, ScopeSlug, Slug
+from datamailer_api.audience.schemas import CursorQuery as CursorQuery  # re-exported for the router
+from datamailer_api.transactional.schemas import SUBJECT_PATTERN, JsonObject, Text
 
 MAX_TAGS = 100
 MAX_SUBJECT = 255
@@ -64,7 +65,11 @@ class CampaignIn(BaseModel):
 
     audience: ScopeSlug = Field(description="The audience slug, in the key's organization.")
     client: ScopeSlug | None = Field(default=None, description="The client slug; must be the key's own.")
-    subject: Text = Field(max_length=MAX_SUBJECT, description="Template source of the subject line.")
+    subject: Text = Field(
+        max_length=MAX_SUBJECT,
+        description="Template source of the subject line.",
+        json_schema_extra={"pattern": SUBJECT_PATTERN},
+    )
     preview_text: Text | None = Field(default=None, max_length=MAX_PREVIEW_TEXT)
     html_body: Text | None = Field(default=None, description="Template source; html and/or text required.")
     text_body: Text | None = Field(default=None, description="Template source; html and/or text required.")
@@ -114,7 +119,7 @@ class TestSendIn(ScopeIn):
             "examples": [{"emails": ["editor@example.com"], "context": {"first_name": "Ada"}}]
         },
     )
-    emails: list[Annotated[str, Field(max_length=320)]] = Field(
+    emails: list[Email] = Field(
         min_length=1,
         max_length=MAX_TEST_EMAILS,
         description="At most 25 addresses; no recipient rows are written.",

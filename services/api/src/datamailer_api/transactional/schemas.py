@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
+from datamailer_api.audience.schemas import EMAIL_SCHEMA, Slug
 from datamailer_core.templating import is_storable_text
 
 MAX_ADDRESS_LIST = 20
@@ -59,14 +60,34 @@ def _bounded_json(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
-Text = Annotated[str, AfterValidator(_require_storable)]
+# What PostgreSQL stores (no NUL, no unpaired surrogate); the schema says the NUL part.
+Text = Annotated[str, AfterValidator(_require_storable), Field(json_schema_extra={"pattern": r"^[^\x00]*$"})]
+# A subject line is not blank; a campaign's has no line break either.
+TEMPLATE_SUBJECT_PATTERN = r"^[^\x00]*[^\s\x00][^\x00]*$"
+SUBJECT_PATTERN = r"^[^\r\n\x00]*[^\s\x00][^\r\n\x00]*$"
 JsonObject = Annotated[
     dict[str, Any],
     AfterValidator(_bounded_json),
     Field(description="A JSON object: at most 32 levels deep and 64 KiB as compact JSON."),
 ]
 
+# One mailbox, bare or with a display name: no JSON Schema format says that much, so the
+# service checks it (`invalid` otherwise).
+Mailbox = Annotated[
+    Text,
+    Field(
+        max_length=320,
+        description="One mailbox: `ada@example.com` or `Ada <ada@example.com>`; anything else is `invalid`.",
+    ),
+]
 
+# A template variable (`reset_url`, `user.first_name`), as the service's CONTEXT_NAME_RE.
+CONTEXT_NAME_SCHEMA = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 100,
+    "pattern": r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$",
+}
 # A name, or `{"name", "description"}`; checked by the service so that errors name the
 # item (`required_context.2: invalid`) rather than each alternative of a union.
 RequiredContextEntry = Annotated[
@@ -74,10 +95,13 @@ RequiredContextEntry = Annotated[
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "string", "maxLength": 100},
+                CONTEXT_NAME_SCHEMA,
                 {
                     "type": "object",
-                    "properties": {"name": {"type": "string"}, "description": {"type": "string"}},
+                    "properties": {
+                        "name": CONTEXT_NAME_SCHEMA,
+                        "description": {"anyOf": [{"type": "string", "maxLength": 1000}, {"type": "null"}]},
+                    },
                     "required": ["name"],
                     "additionalProperties": False,
                 },
@@ -106,7 +130,10 @@ class TemplateIn(BaseModel):
     )
     client: Text | None = Field(default=None, description="The client slug; must be the key's own.")
     name: Text | None = Field(default=None, max_length=255, description="Defaults to the key.")
-    subject: Text = Field(description="Template source of the subject line.")
+    subject: Text = Field(
+        description="Template source of the subject line.",
+        json_schema_extra={"pattern": TEMPLATE_SUBJECT_PATTERN},
+    )
     description: Text | None = Field(default=None, max_length=2000)
     html_body: Text | None = None
     text_body: Text | None = None
@@ -160,7 +187,7 @@ class SendIn(BaseModel):
             ]
         },
     )
-    email: Text = Field(max_length=320)
+    email: Annotated[Text, WithJsonSchema(EMAIL_SCHEMA)] = Field(max_length=320)
     template_key: Text = Field(min_length=1, max_length=180)
     idempotency_key: Text | None = Field(
         default=None,
@@ -171,13 +198,11 @@ class SendIn(BaseModel):
     context: JsonObject = Field(default_factory=dict)
     metadata: JsonObject = Field(default_factory=dict)
     from_email: Text | None = Field(default=None, description="A sender id (not an address).")
-    reply_to: Text | None = Field(default=None, max_length=320)
-    cc: list[Text] = Field(default_factory=list, max_length=MAX_ADDRESS_LIST)
-    bcc: list[Text] = Field(default_factory=list, max_length=MAX_ADDRESS_LIST)
+    reply_to: Mailbox | None = None
+    cc: list[Mailbox] = Field(default_factory=list, max_length=MAX_ADDRESS_LIST)
+    bcc: list[Mailbox] = Field(default_factory=list, max_length=MAX_ADDRESS_LIST)
     headers: dict[Text, Text] = Field(default_factory=dict, max_length=MAX_HEADERS)
-    category_tag: Text | None = Field(
-        default=None, min_length=1, max_length=100, description="Needs `audience` and `client`."
-    )
+    category_tag: Slug | None = Field(default=None, description="Needs `audience` and `client`.")
     audience: Text | None = None
     client: Text | None = Field(default=None, description="The client slug; must be the key's own.")
     dry_run: StrictBool = False
