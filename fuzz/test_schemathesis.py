@@ -11,6 +11,18 @@ provisioned ones so that requests get past the scope checks into the handlers.
 
 Schemathesis prints its summary; the test fails when it reports any failure (a 5xx, a
 response that breaks the schema, a documented status or content type not honoured...).
+
+Valid requests the API rightly refuses: schemathesis' `positive_data_acceptance` is replaced
+by `fuzz/hooks.py`'s `positive_data_accepted`, which also accepts a 400 whose envelope names
+only rejections a schema cannot express: an audience that does not exist in the key's
+organization (api.md: `audience: not_found`), conditional requirements (`category_tag` needs
+`audience` and `client`; `html_body` or `text_body`), opaque cursors, tag names that slugify
+to nothing, mailboxes with a display name, items unique by one property, references to the
+client's sender ids, and webhook URL rules. 404 (an unknown id or key) and 409 (a draft
+campaign's pause, a verified subscription) count as accepted, as schemathesis' defaults do,
+and 413 (the 1 MiB body cap, which JSON Schema cannot say). Each of these bodies must still
+be the documented envelope (`response_schema_conformance`), and any 5xx fails
+(`not_a_server_error`).
 Knobs: FUZZ_MAX_EXAMPLES (default 30 per operation), FUZZ_MAX_TIME (seconds, default 360),
 FUZZ_SEED (default 15).
 """
@@ -32,6 +44,7 @@ from datamailer_cli import ops
 from tests.conftest import settings_for
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
 
 ORGANIZATION, AUDIENCE, CLIENT = "fuzz-org", "fuzz-news", "fuzz-app"
 SENDER = {"id": "news", "email": "Fuzz News <news@fuzz.example.com>"}
@@ -41,7 +54,8 @@ SEED = int(os.environ.get("FUZZ_SEED", "15"))
 MAX_EXAMPLES = int(os.environ.get("FUZZ_MAX_EXAMPLES", "30"))
 MAX_TIME = int(os.environ.get("FUZZ_MAX_TIME", "360"))
 HARD_TIMEOUT = MAX_TIME + 180  # schema loading, the summary, shrinking the last failures
-# Schemathesis 4's defaults for the two checks, plus 413 (see config_toml).
+# Schemathesis 4's defaults for the negative check, plus 413 (see config_toml); the
+# positive one is fuzz/hooks.py's.
 NEGATIVE_STATUSES = [
     "400",
     "401",
@@ -57,7 +71,6 @@ NEGATIVE_STATUSES = [
     "429",
     "5xx",
 ]
-POSITIVE_STATUSES = ["2xx", "3xx", "401", "403", "404", "409", "413", "429", "5xx"]
 
 
 def config_toml(values: dict[str, str | int]) -> str:
@@ -81,12 +94,13 @@ def config_toml(values: dict[str, str | int]) -> str:
         "request-timeout = 30.0",
         "[checks]",
         "enabled = true",
+        # The machine is shared (2 cores, the fuzzer, the API, PostgreSQL, moto): the default
+        # 10 s response time budget measures the load, not the API; the request timeout stays.
+        "max_response_time = 30.0",
         # 413 is documented on every operation with a body: the 1 MiB cap is no JSON Schema
         # keyword, so a body over it is rightly refused whether or not it fits the schema.
         "[checks.negative_data_rejection]",
         f"expected-statuses = {json.dumps(NEGATIVE_STATUSES)}",
-        "[checks.positive_data_acceptance]",
-        f"expected-statuses = {json.dumps(POSITIVE_STATUSES)}",
         "[dictionaries]",
         *(
             f"{name} = {{ values = [{json.dumps(values[name])}] }}"
@@ -154,11 +168,13 @@ def test_schemathesis_finds_no_failure(stack: tuple[str, dict[str, str | int]]) 
         st = Path(sys.executable).with_name("st")
         argv = [
             str(st), "--config-file", str(config), "run", f"{base}/openapi.json",
-            "--checks", "all", "--seed", str(SEED), "--max-examples", str(MAX_EXAMPLES),
+            "--checks", "all", "--exclude-checks", "positive_data_acceptance",
+            "--seed", str(SEED), "--max-examples", str(MAX_EXAMPLES),
             "--max-time", str(MAX_TIME), "--workers", "2", "--no-color",
             "--generation-database", "none",
         ]  # fmt: skip
-        result = subprocess.run(argv, cwd=workdir, timeout=HARD_TIMEOUT, check=False)
+        env = {**os.environ, "SCHEMATHESIS_HOOKS": "fuzz.hooks", "PYTHONPATH": str(ROOT)}
+        result = subprocess.run(argv, cwd=workdir, env=env, timeout=HARD_TIMEOUT, check=False)
     assert result.returncode == 0, (
         f"schemathesis reported failures (exit {result.returncode}); see its summary above"
     )

@@ -87,8 +87,10 @@ EMAIL_SCHEMA = {
     "type": "string",
     "format": "email",
     "maxLength": 254,
-    # No display name, list or space (`,;<>`), edge whitespace aside: trimmed.
-    "pattern": rf"^(?![\s\S]*\.(?:{'|'.join(map(_any_case, SPECIAL_USE_TLDS))})\s*$)\s*[^\s,;<>\x00]+\s*$",
+    # A dotted domain whose last label is not all digits; no display name, list or space
+    # (`,;<>`), edge whitespace aside (trimmed).
+    "pattern": rf"^(?![\s\S]*(?:[.@](?:{'|'.join(map(_any_case, SPECIAL_USE_TLDS))})|\.[0-9]*)\s*$)"
+    r"\s*[^\s,;<>@\x00]+@[^\s,;<>@\x00]+\.[^\s,;<>@\x00]+\s*$",
     "description": "One bare address (`ada@example.com`); a special-use top-level domain "
     f"({', '.join(SPECIAL_USE_TLDS)}) is invalid.",
 }

@@ -153,6 +153,7 @@ def _check_csv(upload: IO[bytes]) -> None:
     response_model=ImportOut,
     openapi_extra={
         "requestBody": {
+            "required": True,
             "content": {
                 "multipart/form-data": {
                     "schema": {
@@ -166,7 +167,7 @@ def _check_csv(upload: IO[bytes]) -> None:
                         },
                     }
                 }
-            }
+            },
         }
     },
 )

@@ -3,8 +3,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 class SenderIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    id: str = Field(max_length=64, examples=["support"])
-    email: str = Field(max_length=320, examples=["Support Team <support@example.com>"])
+    id: str = Field(
+        max_length=64, examples=["support"], json_schema_extra={"pattern": r"^[a-z0-9][a-z0-9_-]{0,63}$"}
+    )
+    email: str = Field(
+        max_length=320,
+        examples=["Support Team <support@example.com>"],
+        description="One mailbox: `support@example.com` or `Support Team <support@example.com>` "
+        "(no JSON Schema format says that much); anything else is `invalid`.",
+    )
 
 
 class SendersIn(BaseModel):

@@ -62,6 +62,8 @@ def _bounded_json(value: dict[str, Any]) -> dict[str, Any]:
 
 # What PostgreSQL stores (no NUL, no unpaired surrogate); the schema says the NUL part.
 Text = Annotated[str, AfterValidator(_require_storable), Field(json_schema_extra={"pattern": r"^[^\x00]*$"})]
+# A recipient: one bare address, as EMAIL_SCHEMA says (Text's own schema would replace it).
+EmailText = Annotated[str, AfterValidator(_require_storable), WithJsonSchema(EMAIL_SCHEMA)]
 # A subject line is not blank; a campaign's has no line break either.
 TEMPLATE_SUBJECT_PATTERN = r"^[^\x00]*[^\s\x00][^\x00]*$"
 SUBJECT_PATTERN = r"^[^\r\n\x00]*[^\s\x00][^\r\n\x00]*$"
@@ -187,7 +189,7 @@ class SendIn(BaseModel):
             ]
         },
     )
-    email: Annotated[Text, WithJsonSchema(EMAIL_SCHEMA)] = Field(max_length=320)
+    email: EmailText = Field(max_length=320)
     template_key: Text = Field(min_length=1, max_length=180)
     idempotency_key: Text | None = Field(
         default=None,

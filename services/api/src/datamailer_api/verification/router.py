@@ -17,6 +17,7 @@ from datamailer_api.rendering import RenderPoolDep
 from datamailer_api.transactional import service as transactional_service
 from datamailer_api.transactional.router import _message_out, _record_enqueued
 from datamailer_api.transactional.schemas import (
+    EmailText,
     JsonObject,
     MessageOut,
     SendIn,
@@ -48,7 +49,7 @@ class VerificationEmailIn(BaseModel):
             ]
         },
     )
-    email: Text = Field(max_length=320)
+    email: EmailText = Field(max_length=320)
     audience: Text = Field(min_length=1, max_length=100)
     client: Text = Field(min_length=1, max_length=100, description="The client slug; must be the key's own.")
     template_key: Text = Field(
@@ -72,6 +73,18 @@ class VerificationSuppressedOut(VerificationEmailOut):
     error: SuppressedErrorOut
 
 
+class ErrorDetailOut(BaseModel):
+    code: str = Field(examples=["already_verified"])
+    message: str
+    fields: dict[str, str]
+
+
+class ErrorOut(BaseModel):
+    """The error envelope (`already_verified`)."""
+
+    error: ErrorDetailOut
+
+
 @router.post(
     "/verification-email",
     status_code=202,
@@ -79,7 +92,7 @@ class VerificationSuppressedOut(VerificationEmailOut):
     responses={
         202: {"model": VerificationEmailOut, "description": "Accepted (or an idempotent replay)"},
         409: {
-            "model": VerificationSuppressedOut,
+            "model": VerificationSuppressedOut | ErrorOut,
             "description": "`already_verified`, or blocked for this contact (stored as skipped)",
         },
         **error_responses(400, 401, 403, 404, 413, 415),
