@@ -44,6 +44,9 @@ SEMANTIC_400: list[tuple[re.Pattern[str], frozenset[str]]] = [
         (r"reply_to|cc\.\d+|bcc\.\d+|senders\.\d+\.email", {"invalid"}),
         # Items unique by one of their properties (uniqueItems compares whole items).
         (r"required_context\.\d+|senders\.\d+\.id|endpoints\.\d+\.url", {"duplicate"}),
+        # Extra headers: a reserved name (From, To, Subject...), one name twice in another case,
+        # a value with a format character (Unicode category Cf: no pattern lists them).
+        (r"headers\..*", {"reserved", "duplicate", "invalid"}),
         # References to the client's own configuration (sender ids).
         (r"from_email|default_sender_id", {"not_configured", "not_found"}),
         # A variable the template requires (`required_context`) missing from `context`.

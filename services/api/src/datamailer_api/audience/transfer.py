@@ -159,6 +159,7 @@ def _check_csv(upload: IO[bytes]) -> None:
                     "schema": {
                         "type": "object",
                         "required": ["file", "audience", "client"],
+                        "maxProperties": 11,  # the file and at most 10 form fields
                         "properties": {
                             "file": {"type": "string", "format": "binary"},
                             "audience": {"type": "string", "minLength": 1, "maxLength": 120},

@@ -74,7 +74,9 @@ class CampaignIn(BaseModel):
     html_body: Text | None = Field(default=None, description="Template source; html and/or text required.")
     text_body: Text | None = Field(default=None, description="Template source; html and/or text required.")
     from_email: Text | None = Field(
-        default=None, description="A sender id of the client (not an address); default: the client's."
+        default=None,
+        description="A sender id of the client (not an address); default: the client's.",
+        json_schema_extra={"pattern": r"^[^@\x00]*$"},
     )
     include_tags: list[Slug] = Field(default_factory=list, max_length=MAX_TAGS, description="All must match.")
     exclude_tags: list[Slug] = Field(default_factory=list, max_length=MAX_TAGS, description="Any excludes.")

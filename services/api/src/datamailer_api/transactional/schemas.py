@@ -64,6 +64,21 @@ def _bounded_json(value: dict[str, Any]) -> dict[str, Any]:
 Text = Annotated[str, AfterValidator(_require_storable), Field(json_schema_extra={"pattern": r"^[^\x00]*$"})]
 # A recipient: one bare address, as EMAIL_SCHEMA says (Text's own schema would replace it).
 EmailText = Annotated[str, AfterValidator(_require_storable), WithJsonSchema(EMAIL_SCHEMA)]
+# A sender id (SENDER_ID_RE), where a send names its sender.
+SENDER_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+# Extra headers: names as HEADER_NAME_RE; values one line of at most 998 characters (no
+# control character or line/paragraph separator; format characters are refused too, which
+# a pattern without Unicode property escapes cannot list).
+HEADERS_SCHEMA = {
+    "type": "object",
+    "maxProperties": MAX_HEADERS,
+    "propertyNames": {"pattern": r"^[A-Za-z0-9-]{1,80}$"},
+    "additionalProperties": {
+        "type": "string",
+        "maxLength": 998,
+        "pattern": r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$",
+    },
+}
 # A subject line is not blank; a campaign's has no line break either.
 TEMPLATE_SUBJECT_PATTERN = r"^[^\x00]*[^\s\x00][^\x00]*$"
 SUBJECT_PATTERN = r"^[^\r\n\x00]*[^\s\x00][^\r\n\x00]*$"
@@ -199,11 +214,17 @@ class SendIn(BaseModel):
     )
     context: JsonObject = Field(default_factory=dict)
     metadata: JsonObject = Field(default_factory=dict)
-    from_email: Text | None = Field(default=None, description="A sender id (not an address).")
+    from_email: Text | None = Field(
+        default=None,
+        description="A sender id (not an address).",
+        json_schema_extra={"pattern": SENDER_ID_PATTERN},
+    )
     reply_to: Mailbox | None = None
     cc: list[Mailbox] = Field(default_factory=list, max_length=MAX_ADDRESS_LIST)
     bcc: list[Mailbox] = Field(default_factory=list, max_length=MAX_ADDRESS_LIST)
-    headers: dict[Text, Text] = Field(default_factory=dict, max_length=MAX_HEADERS)
+    headers: Annotated[dict[Text, Text], WithJsonSchema(HEADERS_SCHEMA)] = Field(
+        default_factory=dict, max_length=MAX_HEADERS
+    )
     category_tag: Slug | None = Field(default=None, description="Needs `audience` and `client`.")
     audience: Text | None = None
     client: Text | None = Field(default=None, description="The client slug; must be the key's own.")

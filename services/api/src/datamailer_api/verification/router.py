@@ -17,6 +17,7 @@ from datamailer_api.rendering import RenderPoolDep
 from datamailer_api.transactional import service as transactional_service
 from datamailer_api.transactional.router import _message_out, _record_enqueued
 from datamailer_api.transactional.schemas import (
+    SENDER_ID_PATTERN,
     EmailText,
     JsonObject,
     MessageOut,
@@ -56,7 +57,11 @@ class VerificationEmailIn(BaseModel):
         min_length=1, max_length=180, description="A transactional template; its context gets `verify_url`."
     )
     context: JsonObject = Field(default_factory=dict)
-    from_email: Text | None = Field(default=None, description="A sender id (not an address).")
+    from_email: Text | None = Field(
+        default=None,
+        description="A sender id (not an address).",
+        json_schema_extra={"pattern": SENDER_ID_PATTERN},
+    )
     idempotency_key: Text | None = Field(
         default=None, min_length=1, max_length=255, description="Repeating it returns the first email."
     )
