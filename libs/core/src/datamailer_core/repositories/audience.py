@@ -279,25 +279,32 @@ async def apply_contacts(
     if not items:
         return ApplyResult([], [])
     norms = [i.normalized for i in items]
-    created_ids = set(
-        (
-            await session.execute(
-                _CREATE_CONTACTS,
-                {
-                    "audience_id": audience_id,
-                    "emails": [i.email for i in items],
-                    "norms": norms,
-                    "hashes": [address_hash(n) for n in norms],
-                },
-            )
-        ).scalars()
-    )
-    rows = (
-        await session.execute(
-            _LOAD_STATE, {"audience_id": audience_id, "client_id": client_id, "norms": norms}
+    created_ids: set[int] = set()
+    states: dict[str, _State] = {}
+    # A contact erased by a concurrent transaction between the insert (which saw it) and
+    # the locking read (which skips it) is created again, until every row is held.
+    for _attempt in range(5):
+        created_ids.update(
+            (
+                await session.execute(
+                    _CREATE_CONTACTS,
+                    {
+                        "audience_id": audience_id,
+                        "emails": [i.email for i in items],
+                        "norms": norms,
+                        "hashes": [address_hash(n) for n in norms],
+                    },
+                )
+            ).scalars()
         )
-    ).all()
-    states = {row._mapping["normalized_email"]: _state_from_row(row) for row in rows}
+        rows = (
+            await session.execute(
+                _LOAD_STATE, {"audience_id": audience_id, "client_id": client_id, "norms": norms}
+            )
+        ).all()
+        states = {row._mapping["normalized_email"]: _state_from_row(row) for row in rows}
+        if len(states) == len(set(norms)):
+            break
     now = datetime.now(UTC)
     contact_rows: list[tuple[int, dict[str, Any]]] = []
     client_rows: list[tuple[int, dict[str, Any]]] = []

@@ -7,6 +7,7 @@ from datamailer_api.campaigns.schemas import (
     CampaignEnvelope,
     CampaignIn,
     CampaignUpsertOut,
+    CursorQuery,
     ExternalKey,
     NewExternalKey,
     OptionalScopeQuery,
@@ -159,7 +160,7 @@ async def list_recipients(
     client: OptionalScopeQuery = None,
     status: RecipientStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: CursorQuery = None,
 ) -> RecipientsOut:
     """Recipient rows in id order with status, skip reason, timestamps and counters;
     pass `next_cursor` back as `cursor` for the next page."""

@@ -33,7 +33,14 @@ logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/transactional", tags=["transactional"], responses=error_responses(401, 403))
 
-TemplateKey = Annotated[str, Path(max_length=180, description="The template key, e.g. `password-reset`.")]
+TemplateKey = Annotated[
+    str,
+    Path(
+        max_length=180,
+        description="The template key, e.g. `password-reset`.",
+        json_schema_extra={"pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,179}$"},
+    ),
+]
 MessageId = Annotated[int, Path(gt=0, le=2**63 - 1)]
 
 
