@@ -94,6 +94,7 @@ class LocalStack:
             moto = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
         self.children.append(("aws", moto))
         wait_until_ready(endpoint)
+        env.setdefault("CAMPAIGN_BULK_SEND", "false")  # moto's server has no SendBulkEmail
         env.update(
             AWS_ENDPOINT_URL=endpoint,
             AWS_ACCESS_KEY_ID="test",

@@ -220,3 +220,22 @@ async def test_per_recipient_template_logic_falls_back_to_one_send_email_each(
     assert len(messages) == 5
     for message in messages:
         assert f"Hi {message['To'].upper()}" in body(message, "html")
+
+
+async def test_bulk_sending_switched_off_sends_each_recipient_with_send_email(
+    worker_env: WorkerEnv, aws_endpoint: str, ses_bulk: BulkEndpoint
+) -> None:
+    """CAMPAIGN_BULK_SEND=false (what `datamailer up` sets for moto's server, which has
+    no SendBulkEmail): content that would go out in bulk is sent per recipient."""
+    settings = worker_env.settings(SES_MAX_SEND_RATE="2000", PUBLIC_BASE_URL=BASE, CAMPAIGN_BULK_SEND="false")
+    async with open_deps(settings) as deps:
+        tenant = await sending_tenant(deps)
+        await add_groups(deps, tenant, {"all": Group(4)})
+        campaign = await new_campaign(
+            deps, tenant, subject="News for {{ email }}", html_body=HTML, text_body=TEXT
+        )
+        plan = plan_send(await content_of(deps, campaign))
+        assert (plan.mode, plan.reason) == ("per_recipient", "bulk_send_disabled")
+        await queue_and_send(deps, campaign)
+    assert ses_bulk.requests == []
+    assert len(raw_messages(aws_endpoint)) == 4

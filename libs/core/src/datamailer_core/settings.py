@@ -115,6 +115,9 @@ class DeliverySettings(_Group):
         default=0.0005, ge=0, le=1, validation_alias="CAMPAIGN_MAX_COMPLAINT_RATE"
     )
     campaign_rate_min_sample: int = Field(default=200, ge=1, validation_alias="CAMPAIGN_RATE_MIN_SAMPLE")
+    # Campaigns whose content allows it go out through SES `SendBulkEmail` (50 per call);
+    # false: one `SendEmail` per recipient (for an endpoint without SendBulkEmail).
+    campaign_bulk_send: bool = Field(default=True, validation_alias="CAMPAIGN_BULK_SEND")
 
 
 class TrackingSettings(_Group):

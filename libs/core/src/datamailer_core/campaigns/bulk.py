@@ -228,6 +228,8 @@ def _cached_plan(subject: str, html_body: str | None, text_body: str | None, bas
 
 def plan_send(content: CampaignContent) -> SendPlan:
     """How this campaign is sent: `bulk` with its template, or `per_recipient` and why."""
+    if not content.bulk_send:
+        return SendPlan("per_recipient", "bulk_send_disabled")
     if content.extra_context:
         return _plan(content.subject, content.html_body, content.text_body, content.public_base_url,
                      content.extra_context)  # fmt: skip

@@ -153,6 +153,9 @@ class CampaignContent:
     secret_key: str
     list_unsubscribe_mailto: str | None = None
     extra_context: Mapping[str, Any] | None = None
+    # CAMPAIGN_BULK_SEND: False sends every campaign per recipient (an SES endpoint
+    # without SendBulkEmail, such as moto's server under `datamailer up`).
+    bulk_send: bool = True
 
 
 def campaign_content(
@@ -173,6 +176,7 @@ def campaign_content(
         secret_key=settings.security.secret_key.get_secret_value(),
         list_unsubscribe_mailto=settings.tracking.list_unsubscribe_mailto,
         extra_context=extra_context,
+        bulk_send=settings.delivery.campaign_bulk_send,
     )
 
 
