@@ -23,8 +23,15 @@ async def test_full_bucket_allows_its_burst_then_paces_at_the_rate(
     waits = [(await bucket.reserve())[0] for _ in range(13)]
 
     assert waits[:10] == [0.0] * 10
-    # Reservations beyond the bucket queue up one interval (1/rate) apart.
-    assert waits[10:] == pytest.approx([0.1, 0.2, 0.3], abs=0.02)
+    # Reservations beyond the bucket queue up one interval (1/rate) apart. The bucket
+    # refills while the reservations run (slowly on a busy machine), so each wait may be
+    # shorter by the time elapsed since the burst, but never longer, and the spacing holds.
+    assert all(
+        0 < wait <= expected + 0.02 for wait, expected in zip(waits[10:], (0.1, 0.2, 0.3), strict=True)
+    )
+    assert [b - a for a, b in zip(waits[10:], waits[11:], strict=False)] == pytest.approx(
+        [0.1, 0.1], abs=0.02
+    )
 
 
 async def test_campaign_taker_waits_behind_transactional_reservations(

@@ -376,6 +376,11 @@ class SlowSes:
         await asyncio.sleep(0.02)
         return await self.real.send_email(**request)
 
+    async def send_bulk_email(self, **request: Any) -> Any:
+        self.started.extend(time.monotonic() for _ in request["BulkEmailEntries"])
+        await asyncio.sleep(0.02)
+        return await self.real.send_bulk_email(**request)
+
 
 FEED = CampaignSettings(CAMPAIGN_BATCH_SIZE=10, CAMPAIGN_MAX_BATCHES_IN_FLIGHT=2, _env_file=None)
 CONCURRENCY = 2
