@@ -2,12 +2,9 @@
 as SES does): the same messages as the per-recipient path, per-entry statuses mapped to
 their recipients, and the per-recipient fallback."""
 
-from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from typing import Any
 from urllib.parse import unquote
-
-import pytest
 
 from datamailer_core.campaigns.bulk import plan_send
 from datamailer_core.campaigns.message import (
@@ -36,24 +33,17 @@ from tests.workers.campaign_helpers import (
     wait_for_status,
 )
 from tests.workers.conftest import WorkerEnv
-from tests.workers.test_campaign_sending import BASE, SECRET, add_groups, new_campaign, snapshotted
+from tests.workers.test_campaign_sending import (
+    BASE,
+    SECRET,
+    add_groups,
+    fast,
+    new_campaign,
+    snapshotted,
+    tenant,
+)
 
-
-@pytest.fixture
-async def fast(worker_env: WorkerEnv) -> AsyncIterator[WorkerDeps]:
-    settings = worker_env.settings(
-        SES_MAX_SEND_RATE="2000",
-        PUBLIC_BASE_URL=BASE,
-        LIST_UNSUBSCRIBE_MAILTO="unsubscribe@app.example.com",
-        SEND_LEASE_SECONDS="60",
-    )
-    async with open_deps(settings) as opened:
-        yield opened
-
-
-@pytest.fixture
-async def tenant(fast: WorkerDeps) -> Tenant:
-    return await sending_tenant(fast)
+__all__ = ["fast", "tenant"]  # the fixtures, shared with the per-recipient tests
 
 
 HTML = """<html><body>
