@@ -52,13 +52,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from bench.common import bench_env, fresh_database, peak_rss_mb, prepare_tenant, report, service
-from datamailer_cli import ops
-from datamailer_cli.localpg import free_port
 from datamailer_core.aws import aws_client, aws_session
 from datamailer_core.campaigns.message import CampaignContent, build_recipient_message
 from datamailer_core.mail import build_ses_request
 from datamailer_core.security import new_token
 from datamailer_core.settings import Settings
+from datamailer_server import ops
+from datamailer_server.localpg import free_port
 from datamailer_workers.deps import SES_CONNECT_TIMEOUT_SECONDS, SES_READ_TIMEOUT_SECONDS
 
 TARGET_EMAILS_PER_SECOND = 2_000
@@ -491,7 +491,7 @@ def run(
         httpx.post(f"{sink_url}/reset").raise_for_status()
 
         api_base, api = stack.enter_context(service("api", env))
-        cli = [python, "-m", "datamailer_cli.main"]
+        cli = [python, "-m", "datamailer_server.main"]
         scheduler = stack.enter_context(process([*cli, "scheduler"], env, logs / "scheduler.log"))
         worker_procs = []
         for n in range(workers):
@@ -674,7 +674,7 @@ def profiled_worker(path: str) -> None:
     GIL waits do not pass for work)."""
     import cProfile
 
-    from datamailer_cli.main import app
+    from datamailer_server.main import app
 
     async def inline(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         return func(*args, **kwargs)

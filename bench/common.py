@@ -16,9 +16,9 @@ import httpx
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from datamailer_cli import ops
-from datamailer_cli.localpg import free_port
 from datamailer_core.settings import Settings
+from datamailer_server import ops
+from datamailer_server.localpg import free_port
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -76,7 +76,7 @@ def prepare_tenant(env: dict[str, str]) -> str:
 @contextmanager
 def service(command: str, env: dict[str, str]) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     port = free_port()
-    argv = [sys.executable, "-m", "datamailer_cli.main", command, "--port", str(port)]
+    argv = [sys.executable, "-m", "datamailer_server.main", command, "--port", str(port)]
     proc = subprocess.Popen(argv, env=env)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30

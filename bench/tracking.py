@@ -31,9 +31,9 @@ from urllib.parse import urlsplit
 import httpx
 
 from bench.common import bench_env, fresh_database, report, service
-from datamailer_cli.localpg import free_port
 from datamailer_core.campaigns.message import click_url
 from datamailer_core.security import new_token
+from datamailer_server.localpg import free_port
 from datamailer_tracking.pixel import NO_STORE, PIXEL
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -40,7 +40,7 @@ import httpx
 import pytest
 
 from bench.common import bench_env, service
-from datamailer_cli import ops
+from datamailer_server import ops
 from tests.conftest import settings_for
 
 pytestmark = pytest.mark.slow

@@ -34,9 +34,9 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from datamailer_api.main import create_app as create_api_app
-from datamailer_cli import ops
-from datamailer_cli.localpg import LocalPostgres, free_port
 from datamailer_core.settings import Settings
+from datamailer_server import ops
+from datamailer_server.localpg import LocalPostgres, free_port
 from tests.factories import TenantFactory
 from tests.ses_bulk import BulkEndpoint, bulk_proxy
 

@@ -5,7 +5,7 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from datamailer_api.main import create_app as create_api
-from datamailer_cli.localpg import free_port
+from datamailer_server.localpg import free_port
 from datamailer_tracking.main import create_app as create_tracking
 from tests.conftest import settings_for
 

@@ -12,8 +12,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from datamailer_api.transactional.schemas import MAX_JSON_BYTES, MAX_JSON_DEPTH
-from datamailer_cli.up import DEMO, DEMO_SENDER
 from datamailer_core.models import Campaign, EmailTemplate
+from datamailer_server.up import DEMO, DEMO_SENDER
 from tests.api.campaign_factories import CAMPAIGNS, campaign_body, put_campaign
 from tests.api.contacts_factories import scoped, table_counts, upsert
 from tests.api.transactional_factories import SEND, TEMPLATES, send_body, template_body

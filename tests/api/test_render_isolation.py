@@ -15,7 +15,7 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
-from datamailer_cli.localpg import free_port
+from datamailer_server.localpg import free_port
 from tests.api.transactional_factories import SEND, TEMPLATES, send_body, template_body
 from tests.factories import Tenant, TenantFactory
 

@@ -9,7 +9,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from typer.testing import CliRunner
 
-from datamailer_cli.main import app
+from datamailer_server.main import app
 from tests.api.campaign_factories import Group, builder, create_campaign, set_recipient_status
 from tests.conftest import run_sync
 from tests.factories import TenantFactory

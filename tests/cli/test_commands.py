@@ -16,7 +16,7 @@ class Cli:
 
     def __call__(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [sys.executable, "-m", "datamailer_cli.main", *args],
+            [sys.executable, "-m", "datamailer_server.main", *args],
             env=self.env,
             capture_output=True,
             text=True,
@@ -130,3 +130,15 @@ def test_settings_refuse_the_default_secret_outside_local_mode(cli: Cli) -> None
     result = cli("keys", "list", ok=False)
     assert result.returncode == 1
     assert "SECRET_KEY must be set outside local mode" in result.stderr
+
+
+def test_server_package_names_leave_room_for_the_datamailer_client() -> None:
+    """Datamailer's own client installs as `datamailer` / `datamailer_cli`; ours must not clash."""
+    import importlib.metadata
+    import importlib.util
+
+    assert importlib.metadata.distribution("datamailer-server").entry_points.select(name="datamailer")
+    for taken in ("datamailer", "datamailer-cli"):
+        with pytest.raises(importlib.metadata.PackageNotFoundError):
+            importlib.metadata.distribution(taken)
+    assert importlib.util.find_spec("datamailer_cli") is None

@@ -6,8 +6,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from typer.testing import CliRunner
 
-from datamailer_cli.main import app
 from datamailer_core.repositories.audience import ContactInput, apply_contacts
+from datamailer_server.main import app
 from tests.cli.test_campaign_commands import database, invoke
 from tests.conftest import run_sync
 from tests.factories import TenantFactory

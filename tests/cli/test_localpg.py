@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from datamailer_cli.localpg import (
+from datamailer_server.localpg import (
     LocalPostgres,
     LocalPostgresError,
     find_pg_bin,

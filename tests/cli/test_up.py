@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from datamailer_cli.localpg import free_port, port_in_use
+from datamailer_server.localpg import free_port, port_in_use
 
 KEY_LINE = re.compile(r"Demo API key:\s+(dm_\S+)")
 
@@ -32,7 +32,7 @@ class Up:
             for k, v in os.environ.items()
             if not k.startswith(("DATABASE_URL", "AWS_", "SQS_", "SES_", "DATAMAILER_", "PG"))
         }
-        argv = [sys.executable, "-m", "datamailer_cli.main", "up", "--data-dir", str(self.data_dir)]
+        argv = [sys.executable, "-m", "datamailer_server.main", "up", "--data-dir", str(self.data_dir)]
         for name in ("api", "tracking", "pg", "aws"):
             argv += [f"--{name}-port", str(self.ports[name])]
         self.proc = subprocess.Popen(
@@ -120,7 +120,7 @@ def test_up_reports_a_taken_port_in_one_line(data_dir: Path) -> None:
             [
                 sys.executable,
                 "-m",
-                "datamailer_cli.main",
+                "datamailer_server.main",
                 "up",
                 "--data-dir",
                 str(data_dir),

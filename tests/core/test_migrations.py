@@ -17,7 +17,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.schema import AddConstraint, CreateIndex
 
-from datamailer_cli.ops import alembic_config
 from datamailer_core.models import (
     Audience,
     Base,
@@ -29,6 +28,7 @@ from datamailer_core.models import (
     Organization,
     Subscription,
 )
+from datamailer_server.ops import alembic_config
 from tests.conftest import admin_sql
 
 

@@ -8,8 +8,8 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from datamailer_cli import ops
 from datamailer_core.settings import Settings
+from datamailer_server import ops
 from datamailer_tracking.main import create_app
 from tests.conftest import _started, run_sync, settings_for
 

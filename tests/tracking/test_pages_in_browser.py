@@ -23,8 +23,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 from datamailer_api.main import create_app as create_api
-from datamailer_cli import ops
-from datamailer_cli.localpg import free_port
+from datamailer_server import ops
+from datamailer_server.localpg import free_port
 from datamailer_workers.deps import open_deps
 from tests.api.campaign_factories import Group, builder, create_campaign
 from tests.conftest import run_sync, settings_for

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from datamailer_cli import ops
 from datamailer_core.settings import Settings
+from datamailer_server import ops
 from datamailer_workers.deps import WorkerDeps, open_deps
 from tests.conftest import run_sync, settings_for
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tests.workers.conftest import WorkerEnv
 
-CLI = [sys.executable, "-m", "datamailer_cli.main"]
+CLI = [sys.executable, "-m", "datamailer_server.main"]
 
 
 def run_cli(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:

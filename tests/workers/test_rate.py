@@ -30,7 +30,7 @@ def spawn_worker(env: dict[str, str], cwd: Path, n: int) -> subprocess.Popen[byt
     # cwd: a folder without a .env, so only `env` configures the process.
     with open(cwd / f"worker-{n}.log", "wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "datamailer_cli.main", "worker", "transactional-email"],
+            [sys.executable, "-m", "datamailer_server.main", "worker", "transactional-email"],
             env={"PATH": os.environ.get("PATH", ""), **env},
             cwd=cwd,
             stdout=log,

@@ -21,13 +21,13 @@ import pytest
 from sqlalchemy import func, select, update
 from standardwebhooks import Webhook
 
-from datamailer_cli import ops
 from datamailer_core.models import Campaign, TransactionalMessage, WebhookDelivery, WebhookEndpoint
 from datamailer_core.repositories import deliveries, transactional, webhooks
 from datamailer_core.repositories.audience import ContactInput, apply_contacts
 from datamailer_core.repositories.contacts import normalize_email
 from datamailer_core.repositories.webhooks import EndpointInput
 from datamailer_core.webhooks import BACKOFF_SECONDS, DISABLE_AFTER_FAILURES, MAX_ATTEMPTS, generate_secret
+from datamailer_server import ops
 from datamailer_workers.deps import WorkerDeps
 from datamailer_workers.handlers.events import handle_email_event
 from datamailer_workers.scheduler import default_jobs, run_once

@@ -20,7 +20,7 @@ from types import TracebackType
 
 from moto.server import ThreadedMotoServer
 
-from datamailer_cli.localpg import port_in_use
+from datamailer_server.localpg import port_in_use
 
 READY_PATH = "/moto-api/"
 

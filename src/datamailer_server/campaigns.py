@@ -9,7 +9,6 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from datamailer_cli.ops import session_scope
 from datamailer_core.campaigns.snapshot import snapshot_percent
 from datamailer_core.errors import NotFound, ValidationFailed
 from datamailer_core.models import Campaign, Client
@@ -17,6 +16,7 @@ from datamailer_core.models.campaigns import COUNTERS
 from datamailer_core.repositories import campaigns, scope
 from datamailer_core.repositories.campaigns import FINISHED_STATUSES
 from datamailer_core.settings import Settings
+from datamailer_server.ops import session_scope
 
 __all__ = ["FINISHED_STATUSES", "CampaignRef", "pause", "recompute", "resume", "retry_failed", "status"]
 

@@ -13,11 +13,11 @@ from typing import Annotated, Any, TypeVar
 import typer
 from pydantic import ValidationError
 
-from datamailer_cli import campaigns as campaign_ops
-from datamailer_cli import ops
 from datamailer_core.errors import DatamailerError
 from datamailer_core.logging import configure_logging
 from datamailer_core.settings import Settings
+from datamailer_server import campaigns as campaign_ops
+from datamailer_server import ops
 from datamailer_workers import poller, scheduler
 
 app = typer.Typer(help="Datamailer: self-hosted email on Amazon SES.", no_args_is_help=True)
@@ -288,7 +288,7 @@ def up(
     aws_port: Annotated[int, typer.Option(help="Local AWS endpoint (moto) port.")] = 4566,
 ) -> None:
     """Start the whole system on embedded defaults until Ctrl-C."""
-    from datamailer_cli.up import LocalStack  # moto and the launchers: only `up` needs them
+    from datamailer_server.up import LocalStack  # moto and the launchers: only `up` needs them
 
     stack = LocalStack(
         data_dir=data_dir.resolve(),

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from email.utils import parseaddr
 from pathlib import Path
 
-from datamailer_cli import ops
-from datamailer_cli.localaws import endpoint_url, moto_server_argv, wait_until_ready
-from datamailer_cli.localpg import LocalPostgres, LocalPostgresError, port_in_use
 from datamailer_core.errors import DatamailerError
 from datamailer_core.security import parse_api_key
 from datamailer_core.settings import Settings
+from datamailer_server import ops
+from datamailer_server.localaws import endpoint_url, moto_server_argv, wait_until_ready
+from datamailer_server.localpg import LocalPostgres, LocalPostgresError, port_in_use
 
 DEMO = {"organization": "demo", "audience": "newsletter", "client": "demo-app"}
 DEMO_SENDER = {"id": "demo", "email": "Datamailer Demo <demo@example.com>"}
@@ -137,7 +137,7 @@ class LocalStack:
         return issued.raw
 
     def _start_services(self, env: dict[str, str]) -> None:
-        cli = [sys.executable, "-m", "datamailer_cli.main"]
+        cli = [sys.executable, "-m", "datamailer_server.main"]
         commands = [
             ("api", [*cli, "api", "--port", str(self.api_port)]),
             ("tracking", [*cli, "tracking", "--port", str(self.tracking_port)]),
