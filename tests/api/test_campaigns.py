@@ -415,3 +415,17 @@ async def test_test_send_skips_suppressed_addresses_like_a_transactional_send(
     ]
     assert [m["To"] for m in moto_ses_messages(api_app)] == ["editor@example.com"]
     assert await session.scalar(text("SELECT count(*) FROM contacts")) == 3
+
+
+async def test_the_campaign_says_whether_it_goes_out_in_bulk_and_why_not(
+    api: AsyncClient, tenant: Tenant
+) -> None:
+    """Decided once per campaign from its content, as the workers' `plan_send` does."""
+    simple = (await put_campaign(api, tenant, "simple")).json()["campaign"]
+    assert (simple["send_mode"], simple["send_mode_reason"]) == ("bulk", None)
+    logic = "<p>{% if email.endswith('.com') %}Hi{% endif %}</p>"
+    per_recipient = (await put_campaign(api, tenant, "logic", html_body=logic)).json()["campaign"]
+    assert per_recipient["send_mode"] == "per_recipient"
+    assert per_recipient["send_mode_reason"] == "email used beyond {{ email }}"
+    fetched = await api.get(f"{CAMPAIGNS}/logic", headers=tenant.headers)
+    assert fetched.json()["campaign"]["send_mode"] == "per_recipient"

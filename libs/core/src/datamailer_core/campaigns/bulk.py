@@ -236,9 +236,15 @@ def plan_send(content: CampaignContent) -> SendPlan:
     return _cached_plan(content.subject, content.html_body, content.text_body, content.public_base_url)
 
 
-def send_mode(subject: str, html_body: str | None, text_body: str | None) -> SendMode:
-    """The send mode of a campaign's content (for its status)."""
-    return _cached_plan(subject, html_body, text_body, _SAMPLE_BASE).mode
+def send_mode(
+    subject: str, html_body: str | None, text_body: str | None, *, bulk_send: bool
+) -> tuple[SendMode, str | None]:
+    """How a campaign with this content is sent, and why not in bulk (for its status):
+    the workers' `plan_send` decides the same way from the same content."""
+    if not bulk_send:
+        return "per_recipient", "bulk_send_disabled"
+    plan = _cached_plan(subject, html_body, text_body, _SAMPLE_BASE)
+    return plan.mode, plan.reason
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ async def put_campaign(
     body: CampaignIn,
     auth: CurrentClient,
     session: SessionDep,
+    settings: SettingsDep,
     response: Response,
 ) -> CampaignUpsertOut:
     """Create (201) or replace (200) a draft campaign. Once queued it is 409
@@ -46,7 +47,7 @@ async def put_campaign(
     found, created = await service.upsert(session, auth, external_key, body)
     await session.commit()
     response.status_code = 201 if created else 200
-    return CampaignUpsertOut(campaign=service.campaign_out(found, auth.client), created=created)
+    return CampaignUpsertOut(campaign=service.campaign_out(found, auth.client, settings), created=created)
 
 
 @router.get("/{external_key}", response_model=CampaignEnvelope)
@@ -54,17 +55,22 @@ async def get_campaign(
     external_key: ExternalKey,
     auth: CurrentClient,
     session: SessionDep,
+    settings: SettingsDep,
     audience: OptionalScopeQuery = None,
     client: OptionalScopeQuery = None,
 ) -> CampaignEnvelope:
     """The definition, status, counters, derived rates and snapshot/enqueue progress."""
     found = await service.find(session, auth, external_key, audience, client)
-    return CampaignEnvelope(campaign=service.campaign_out(found, auth.client))
+    return CampaignEnvelope(campaign=service.campaign_out(found, auth.client, settings))
 
 
 @router.post("/{external_key}/queue", status_code=202, response_model=QueueOut, responses=ACTION_ERRORS)
 async def queue_campaign(
-    external_key: ExternalKey, auth: CurrentClient, session: SessionDep, body: ScopeIn | None = None
+    external_key: ExternalKey,
+    auth: CurrentClient,
+    session: SessionDep,
+    settings: SettingsDep,
+    body: ScopeIn | None = None,
 ) -> QueueOut:
     """Queue a draft: the recipient snapshot and the batch enqueue run in the
     background (`scheduled` first when `scheduled_at` is in the future). The counts are
@@ -75,7 +81,7 @@ async def queue_campaign(
     await session.commit()
     campaign = found.campaign
     return QueueOut(
-        campaign=service.campaign_out(found, auth.client),
+        campaign=service.campaign_out(found, auth.client, settings),
         queued=queued,
         recipient_count=campaign.recipient_count,
         skipped_count=campaign.skipped_count,
@@ -85,7 +91,11 @@ async def queue_campaign(
 
 @router.post("/{external_key}/pause", response_model=CampaignEnvelope, responses=ACTION_ERRORS)
 async def pause_campaign(
-    external_key: ExternalKey, auth: CurrentClient, session: SessionDep, body: ScopeIn | None = None
+    external_key: ExternalKey,
+    auth: CurrentClient,
+    session: SessionDep,
+    settings: SettingsDep,
+    body: ScopeIn | None = None,
 ) -> CampaignEnvelope:
     """Stop feeding the queue at once; batches already in flight are acknowledged by the
     workers without sending. Pausing a paused campaign changes nothing; 409
@@ -93,31 +103,39 @@ async def pause_campaign(
     found = await service.find_scoped(session, auth, external_key, body)
     found = await service.pause(session, found)
     await session.commit()
-    return CampaignEnvelope(campaign=service.campaign_out(found, auth.client))
+    return CampaignEnvelope(campaign=service.campaign_out(found, auth.client, settings))
 
 
 @router.post("/{external_key}/resume", response_model=CampaignEnvelope, responses=ACTION_ERRORS)
 async def resume_campaign(
-    external_key: ExternalKey, auth: CurrentClient, session: SessionDep, body: ScopeIn | None = None
+    external_key: ExternalKey,
+    auth: CurrentClient,
+    session: SessionDep,
+    settings: SettingsDep,
+    body: ScopeIn | None = None,
 ) -> CampaignEnvelope:
     """Continue a paused campaign: only recipients still pending are enqueued again.
     A running campaign is left as it is; 409 `not_resumable` for a draft or finished one."""
     found = await service.find_scoped(session, auth, external_key, body)
     found = await service.resume(session, found)
     await session.commit()
-    return CampaignEnvelope(campaign=service.campaign_out(found, auth.client))
+    return CampaignEnvelope(campaign=service.campaign_out(found, auth.client, settings))
 
 
 @router.post("/{external_key}/cancel", response_model=CampaignEnvelope, responses=ACTION_ERRORS)
 async def cancel_campaign(
-    external_key: ExternalKey, auth: CurrentClient, session: SessionDep, body: ScopeIn | None = None
+    external_key: ExternalKey,
+    auth: CurrentClient,
+    session: SessionDep,
+    settings: SettingsDep,
+    body: ScopeIn | None = None,
 ) -> CampaignEnvelope:
     """Cancel: nothing further is sent; pending recipients become `skipped`
     (`campaign_cancelled`). 409 `not_cancellable` once sent or cancelled."""
     found = await service.find_scoped(session, auth, external_key, body)
     found = await service.cancel(session, found)
     await session.commit()
-    return CampaignEnvelope(campaign=service.campaign_out(found, auth.client))
+    return CampaignEnvelope(campaign=service.campaign_out(found, auth.client, settings))
 
 
 @router.post("/{external_key}/preview", response_model=PreviewOut, responses=error_responses(413, 415))
@@ -156,6 +174,7 @@ async def list_recipients(
     external_key: ExternalKey,
     auth: CurrentClient,
     session: SessionDep,
+    settings: SettingsDep,
     audience: OptionalScopeQuery = None,
     client: OptionalScopeQuery = None,
     status: RecipientStatus | None = None,

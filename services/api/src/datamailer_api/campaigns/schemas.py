@@ -10,6 +10,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from datamailer_api.audience.schemas import NO_NUL, AwareTimestamp, Email, ScopeSlug, Slug
 from datamailer_api.audience.schemas import CursorQuery as CursorQuery  # re-exported for the router
 from datamailer_api.transactional.schemas import SUBJECT_PATTERN, JsonObject, Text
+from datamailer_core.campaigns.bulk import SendMode
 
 MAX_TAGS = 100
 MAX_SUBJECT = 255
@@ -211,6 +212,11 @@ class CampaignOut(BaseModel):
     cancelled_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    send_mode: SendMode = Field(
+        description="`bulk`: SES SendBulkEmail, 50 recipients per call; `per_recipient`: one SendEmail each"
+        " (content with per-recipient template logic, or bulk sending turned off)."
+    )
+    send_mode_reason: str | None = Field(description="Why not in bulk; null for `bulk`.")
     counters: CountersOut
     rates: RatesOut
     progress: ProgressOut

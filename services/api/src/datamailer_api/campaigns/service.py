@@ -27,6 +27,7 @@ from datamailer_api.campaigns.schemas import (
 from datamailer_api.deps import AuthContext
 from datamailer_api.transactional import service as transactional_service
 from datamailer_core import policy
+from datamailer_core.campaigns.bulk import send_mode
 from datamailer_core.campaigns.content import PREVIEW_EMAIL, PREVIEW_TOKEN
 from datamailer_core.campaigns.message import CampaignContent, build_recipient_message, campaign_content
 from datamailer_core.campaigns.snapshot import snapshot_percent
@@ -277,8 +278,14 @@ def _rate(numerator: int, denominator: int) -> float:
     return round(numerator / denominator, 4) if denominator else 0.0
 
 
-def campaign_out(found: Found, client: Client) -> CampaignOut:
+def campaign_out(found: Found, client: Client, settings: Settings) -> CampaignOut:
     campaign = found.campaign
+    mode, mode_reason = send_mode(
+        campaign.subject,
+        campaign.html_body,
+        campaign.text_body,
+        bulk_send=settings.delivery.campaign_bulk_send,
+    )
     counters = CountersOut(**{name: getattr(campaign, name) for name in COUNTERS})
     sender_id = campaign.sender_id or client.default_sender_id
     address = next((s["email"] for s in client.sender_emails if s.get("id") == sender_id), None)
@@ -305,6 +312,8 @@ def campaign_out(found: Found, client: Client) -> CampaignOut:
         cancelled_at=campaign.cancelled_at,
         created_at=campaign.created_at,
         updated_at=campaign.updated_at,
+        send_mode=mode,
+        send_mode_reason=mode_reason,
         counters=counters,
         rates=RatesOut(
             open_rate=_rate(counters.unique_open_count, counters.sent_count),
