@@ -337,3 +337,15 @@ async def test_the_scheduler_runs_the_campaign_jobs_and_publishes_contract_messa
     assert isinstance(message, CampaignEmailV1)
     assert message.batch_id == f"campaign-{campaign.id}-batch-0001"
     assert len(message.campaign_recipient_ids) == 3
+
+
+def test_batches_are_sized_to_the_send_rate_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    """About two seconds of sending per batch, 50 to 500 recipients; CAMPAIGN_BATCH_SIZE wins."""
+    monkeypatch.delenv("CAMPAIGN_BATCH_SIZE", raising=False)
+    auto = CampaignSettings(_env_file=None)
+    assert [auto.for_send_rate(rate).batch_size for rate in (1, 14, 100, 240, 1_000_000)] == [
+        50, 50, 200, 480, 500,
+    ]  # fmt: skip
+    monkeypatch.setenv("CAMPAIGN_BATCH_SIZE", "20")
+    assert CampaignSettings(_env_file=None).for_send_rate(1_000_000).batch_size == 20
+    assert CampaignSettings(CAMPAIGN_BATCH_SIZE=300, _env_file=None).for_send_rate(14).batch_size == 300

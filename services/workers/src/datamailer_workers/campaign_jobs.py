@@ -151,6 +151,7 @@ def advance_job(settings: CampaignSettings) -> Callable[[WorkerDeps], Awaitable[
     """`advance_campaigns` as a scheduler job over the worker dependencies."""
 
     async def advance(deps: WorkerDeps) -> int:
-        return await advance_campaigns(deps.sessionmaker, deps.publisher, settings)
+        sized = settings.for_send_rate(deps.settings.ses.max_send_rate)
+        return await advance_campaigns(deps.sessionmaker, deps.publisher, sized)
 
     return advance
