@@ -5,7 +5,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/.venv
 RUN := $(UV) run --frozen --no-sync
 
-.PHONY: up test lint typecheck pytest test-slow bench fuzz install clean
+.PHONY: up test lint typecheck pytest test-slow bench fuzz lambda-zip install clean
 
 $(UV):
 	$(PYTHON) -m venv $(CURDIR)/.tools
@@ -38,5 +38,10 @@ bench: install
 fuzz: install
 	$(RUN) pytest -m slow -s fuzz
 
+# The Lambda deployment zip (Python 3.12 arm64); LAMBDA_ZIP_FLAGS=--local builds it for
+# this interpreter instead.
+lambda-zip: install
+	$(RUN) python -m datamailer_server.lambda_zip --uv $(UV) --output dist/datamailer-lambda.zip $(LAMBDA_ZIP_FLAGS)
+
 clean:
-	rm -rf .tools .venv .mypy_cache .pytest_cache .ruff_cache
+	rm -rf dist .tools .venv .mypy_cache .pytest_cache .ruff_cache
