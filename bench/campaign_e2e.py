@@ -53,6 +53,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from bench.common import bench_env, fresh_database, peak_rss_mb, prepare_tenant, report, service
 from datamailer_core.aws import aws_client, aws_session
+from datamailer_core.campaigns.bulk import BulkRecipient, bulk_entry, bulk_request, plan_send
 from datamailer_core.campaigns.message import CampaignContent, build_recipient_message
 from datamailer_core.mail import build_ses_request
 from datamailer_core.security import new_token
@@ -62,6 +63,8 @@ from datamailer_server.localpg import free_port
 from datamailer_workers.deps import SES_CONNECT_TIMEOUT_SECONDS, SES_READ_TIMEOUT_SECONDS
 
 TARGET_EMAILS_PER_SECOND = 2_000
+BULK_ENTRIES = 50  # SendBulkEmail's limit, as the workers send
+BULK_CONCURRENCY = 10  # a worker's default concurrency
 TARGET_MILLION_SECONDS = 8 * 60
 TARGET_WORKER_MB = 150
 SUPPRESSED_EVERY = 50  # contact i with i % 50 == 0 is hard bounced: 2% skipped
@@ -258,9 +261,8 @@ async def log_statements(url: str) -> None:
         await engine.dispose()
 
 
-def sample_request() -> dict[str, Any]:
-    """The SendEmail request of one recipient of the campaign, built by the real code."""
-    content = CampaignContent(
+def sample_content() -> CampaignContent:
+    return CampaignContent(
         campaign_id=1,
         client_slug="app",
         from_address="news@bench.example.com",
@@ -271,27 +273,49 @@ def sample_request() -> dict[str, Any]:
         public_base_url="http://localhost:8001",
         secret_key="bench-secret",
     )
+
+
+def sample_request() -> dict[str, Any]:
+    """The SendEmail request of one recipient of the campaign, built by the real code."""
+    content = sample_content()
     email = build_recipient_message(
         content, email="user1@example.com", tracking_token=new_token(), unsubscribe_token=new_token()
     )
     return build_ses_request(email, tags={"campaign_id": 1, "client": "app"})
 
 
-async def bare_sends(settings: Settings, calls: int, concurrency: int) -> tuple[float, float]:
+def sample_bulk_request() -> dict[str, Any]:
+    """A SendBulkEmail request of 50 recipients of the campaign, built by the real code."""
+    content = sample_content()
+    template = plan_send(content).template
+    assert template is not None, "the bench campaign goes out in bulk"
+    entries = [
+        bulk_entry(content, template, BulkRecipient(n, f"user{n}@example.com", new_token(), new_token()))
+        for n in range(BULK_ENTRIES)
+    ]
+    shared = bulk_request(content, template, configuration_set=None, tags={"campaign_id": 1, "client": "app"})
+    return {**shared, "BulkEmailEntries": entries}
+
+
+async def bare_sends(
+    settings: Settings, calls: int, concurrency: int, *, bulk: bool = False
+) -> tuple[float, float]:
     """(emails per second, CPU ms per email in this process) of a bare aioboto3 loop: one
     client configured like the workers', `concurrency` calls in flight, the same request
-    every time."""
-    request = sample_request()
+    every time: SendEmail, or SendBulkEmail of 50 entries (`calls` emails either way)."""
+    request = sample_bulk_request() if bulk else sample_request()
+    per_call = BULK_ENTRIES if bulk else 1
     config = {"connect_timeout": SES_CONNECT_TIMEOUT_SECONDS, "read_timeout": SES_READ_TIMEOUT_SECONDS}
     async with aws_client(aws_session(settings.aws), settings.aws, "sesv2", **config) as ses:
-        await ses.send_email(**request)  # connect and warm up
+        send = ses.send_bulk_email if bulk else ses.send_email
+        await send(**request)  # connect and warm up
         remaining = calls
 
         async def loop() -> None:
             nonlocal remaining
             while remaining > 0:
-                remaining -= 1
-                await ses.send_email(**request)
+                remaining -= per_call
+                await send(**request)
 
         start, cpu = time.perf_counter(), time.process_time()
         await asyncio.gather(*(loop() for _ in range(concurrency)))
@@ -488,6 +512,9 @@ def run(
         # The bare reference first, against the same sink, before anything else runs.
         with environment(env) as settings:
             bare_rate, bare_cpu_ms = asyncio.run(bare_sends(settings, bare_calls, bare_concurrency))
+            bulk_rate, bulk_cpu_ms = asyncio.run(
+                bare_sends(settings, bare_calls * 5, BULK_CONCURRENCY, bulk=True)
+            )
         httpx.post(f"{sink_url}/reset").raise_for_status()
 
         api_base, api = stack.enter_context(service("api", env))
@@ -584,6 +611,8 @@ def run(
         "bare_emails_per_second": bare_rate,
         "bare_calls": bare_calls,
         "bare_concurrency": bare_concurrency,
+        "bare_bulk_emails_per_second": bulk_rate,
+        "bare_bulk_cpu_ms_per_email": bulk_cpu_ms,
         "peak_rss_mb": rss,
         "rss_at_rest_mb": at_rest,
         "cpu_seconds": cpu,
@@ -627,8 +656,10 @@ def run(
         ("end to end (queued -> last sent)", _s(end_to_end_s)),
         ("emails/s end to end (target >= 2,000)", _rate(rate)),
         ("emails/s during the send phase", _rate(figures["emails_per_second_send_phase"])),
-        (f"emails/s bare aioboto3 loop (x{bare_concurrency})", _rate(bare_rate)),
+        (f"emails/s bare SendEmail loop (x{bare_concurrency})", _rate(bare_rate)),
         ("CPU ms per email, bare aioboto3 loop", f"{bare_cpu_ms:.2f}"),
+        (f"emails/s bare SendBulkEmail loop (50 per call, x{BULK_CONCURRENCY})", _rate(bulk_rate)),
+        ("CPU ms per email, bare SendBulkEmail loop", f"{bulk_cpu_ms:.2f}"),
         ("CPU ms per email, pipeline processes", f"{figures['pipeline_cpu_ms_per_email']:.2f}"),
         *[
             (f"  CPU ms per email {name}", f"{ms:.2f}")
