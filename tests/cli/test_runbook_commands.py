@@ -13,8 +13,17 @@ from datamailer_core.models import Contact, Suppression, TransactionalMessage
 from datamailer_core.repositories import contacts
 from datamailer_server import dlq, ops
 from datamailer_workers.deps import WorkerDeps, open_deps
+from tests.api.campaign_factories import Group, builder, create_campaign
 from tests.cli.test_commands import Cli
 from tests.conftest import run_sync, settings_for
+from tests.workers.campaign_helpers import (
+    queue,
+    recipient_rows,
+    running,
+    sending_tenant,
+    sends_by_recipient,
+    wait_for_status,
+)
 from tests.workers.conftest import WorkerEnv
 from tests.workers.helpers import (
     FailingSes,
@@ -240,3 +249,42 @@ async def test_transactional_requeue_stale_publishes_only_rows_stuck_queued(
     assert [mail.destinations["ToAddresses"] for mail in sent_mail(worker_env.aws_endpoint)] == [
         ["stuck@example.com"]
     ]
+
+
+async def test_a_contact_suppressed_by_the_operator_gets_no_campaign_mail(
+    deps: WorkerDeps, cli: Cli, worker_env: WorkerEnv
+) -> None:
+    fast = worker_env.settings(SES_MAX_SEND_RATE="2000", PUBLIC_BASE_URL="https://mail.example.com")
+    async with open_deps(fast) as sending:
+        tenant = await sending_tenant(sending)
+        async with sending.sessionmaker() as session:
+            ids = await builder(session, tenant).add(Group(3, tags=["customers"]))
+            await session.commit()
+            emails = sorted(
+                (
+                    await session.execute(
+                        select(Contact.id, Contact.normalized_email).where(Contact.id.in_(ids))
+                    )
+                ).all(),
+                key=lambda row: row[1],
+            )
+        (_, bounced), (_, unsubscribed), (_, kept) = emails
+        organization = tenant.scope.organization.slug
+        cli("contacts", "suppress", bounced, "--reason", "hard_bounce", "--organization", organization)
+        cli("contacts", "suppress", unsubscribed, "--reason", "global_unsubscribe")
+
+        async with sending.sessionmaker() as session:
+            campaign = await create_campaign(
+                session, tenant, "nov", sender_id="news", text_body="Hi {{ email }}"
+            )
+        await queue(sending, campaign.id)
+        async with running(sending):
+            await wait_for_status(sending, campaign.id, "sent")
+
+    assert set(sends_by_recipient(worker_env.aws_endpoint)) == {kept}
+    by_email = {row.normalized_email: row for row in await recipient_rows(deps, campaign.id)}
+    assert (by_email[bounced].status, by_email[bounced].skip_reason) == ("skipped", "hard_bounce")
+    assert (by_email[unsubscribed].status, by_email[unsubscribed].skip_reason) == (
+        "skipped",
+        "global_unsubscribe",
+    )
