@@ -15,9 +15,11 @@ from pydantic import ValidationError
 
 from datamailer_core.errors import DatamailerError
 from datamailer_core.logging import configure_logging
+from datamailer_core.metrics import Metrics
+from datamailer_core.repositories.contacts import MANUAL_SUPPRESSIONS
 from datamailer_core.settings import Settings
 from datamailer_server import campaigns as campaign_ops
-from datamailer_server import ops
+from datamailer_server import dlq, ops
 from datamailer_workers import poller, scheduler
 
 app = typer.Typer(help="Datamailer: self-hosted email on Amazon SES.", no_args_is_help=True)
@@ -33,6 +35,10 @@ contacts_app = typer.Typer(help="Contact procedures.", no_args_is_help=True)
 app.add_typer(contacts_app, name="contacts")
 webhooks_app = typer.Typer(help="Outbound webhook endpoints.", no_args_is_help=True)
 app.add_typer(webhooks_app, name="webhooks")
+dlq_app = typer.Typer(help="Dead-letter queues.", no_args_is_help=True)
+app.add_typer(dlq_app, name="dlq")
+transactional_app = typer.Typer(help="Transactional message procedures.", no_args_is_help=True)
+app.add_typer(transactional_app, name="transactional")
 
 T = TypeVar("T")
 
@@ -210,6 +216,86 @@ def contacts_erase(
     """Erase an address: live state deleted, history anonymized, suppression kept as a hash."""
     erased = run(ops.erase_address(settings(), email, organization))
     typer.echo(f"erased in {len(erased)} organizations" + (f": {', '.join(erased)}" if erased else ""))
+
+
+@contacts_app.command("suppress")
+@one_line_errors
+def contacts_suppress(
+    email: Annotated[str, typer.Argument(help="The address to suppress.")],
+    reason: Annotated[
+        str,
+        typer.Option(
+            help=f"{' | '.join(MANUAL_SUPPRESSIONS)}: the first two block all mail, the last marketing."
+        ),
+    ],
+    organization: Annotated[
+        str | None, typer.Option(help="Only in this organization (default: every organization).")
+    ] = None,
+) -> None:
+    """Suppress an address by hand; contacts created for it later start suppressed too."""
+    normalized, changed = run(ops.suppress(settings(), email, reason, organization))
+    where = f"organization {organization}" if organization else "every organization"
+    typer.echo(
+        f"suppressed {normalized} ({reason}) in {where}: "
+        + (
+            f"{len(changed)} contacts changed"
+            if changed
+            else "no contact changed (already suppressed or none yet)"
+        )
+    )
+
+
+@dlq_app.command("inspect")
+@one_line_errors
+def dlq_inspect(
+    queue: Annotated[str, typer.Argument(help="The source queue, e.g. transactional-email.")],
+    limit: Annotated[int, typer.Option(min=1, help="At most this many messages.")] = 10,
+) -> None:
+    """Sample a queue's DLQ without removing anything: id, receive count, contract, body."""
+    try:
+        dlq.check_queue(queue)
+    except DatamailerError as exc:
+        raise fail(exc.message) from None
+    found = run(dlq.inspect(settings(), queue, limit))
+    typer.echo(f"{found.dlq}: about {found.depth} messages")
+    for m in found.messages:
+        typer.echo(f"{m.message_id}  receives={m.receive_count}  {m.contract} v{m.version}  {m.preview}")
+
+
+@dlq_app.command("replay")
+@one_line_errors
+def dlq_replay(
+    queue: Annotated[str, typer.Argument(help="The source queue, e.g. transactional-email.")],
+    limit: Annotated[int | None, typer.Option(min=1, help="At most this many (default: all).")] = None,
+) -> None:
+    """Move DLQ messages back to the source queue (send first, then delete: never lost).
+
+    Fix the cause first; the handlers are idempotent, so a replayed duplicate is safe."""
+    try:
+        dlq.check_queue(queue)
+    except DatamailerError as exc:
+        raise fail(exc.message) from None
+
+    def progress(count: int) -> None:
+        typer.echo(f"replayed {count}", err=True)
+
+    count = run(dlq.replay(settings(), queue, limit, progress=progress, metrics=Metrics()))
+    typer.echo(
+        f"replayed {count} messages into {queue}" if count else f"the {queue} DLQ is empty: nothing replayed"
+    )
+
+
+@transactional_app.command("requeue-stale")
+@one_line_errors
+def transactional_requeue_stale(
+    older_than: Annotated[
+        float | None,
+        typer.Option(min=1, help="Seconds `queued` (default: TRANSACTIONAL_REQUEUE_AFTER_SECONDS)."),
+    ] = None,
+) -> None:
+    """Publish again the transactional messages stuck `queued`, as the scheduler does."""
+    count = run(ops.requeue_stale_transactional(settings(), older_than))
+    typer.echo(f"re-enqueued {count} transactional messages")
 
 
 def _report_webhooks(changes: list[tuple[str, bool]], done: str) -> None:

@@ -12,14 +12,21 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from datamailer_core.aws import aws_client, aws_session
 from datamailer_core.contracts import DLQ_SUFFIX, QUEUE_NAMES
 from datamailer_core.db.engine import create_engine, create_sessionmaker
-from datamailer_core.errors import NotFound
+from datamailer_core.errors import NotFound, ValidationFailed
 from datamailer_core.models import Contact, Organization
 from datamailer_core.repositories import scope, webhooks
 from datamailer_core.repositories.audience_queries import erase_contact
-from datamailer_core.repositories.contacts import normalize_email
+from datamailer_core.repositories.contacts import (
+    MANUAL_SUPPRESSIONS,
+    clean_email,
+    normalize_email,
+    suppress_address,
+)
 from datamailer_core.security import IssuedKey
 from datamailer_core.senders import validate_senders
 from datamailer_core.settings import Settings
+from datamailer_workers.deps import open_deps
+from datamailer_workers.scheduler import requeue_lost_transactional
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -32,6 +39,7 @@ QUEUE_ENV = {
     "email-events": "SQS_EMAIL_EVENTS_QUEUE_URL",
 }
 VISIBILITY_TIMEOUT_SECONDS = 60
+REQUEUE_MAX_BATCHES = 1000
 
 
 def alembic_config(database_url: str) -> "Config":
@@ -172,3 +180,38 @@ async def set_webhooks_enabled(
     async with session_scope(settings) as session:
         found = await scope.get_client_by_slug(session, client, organization)
         return await webhooks.set_endpoints_status(session, found.id, enabled=enabled, url=url)
+
+
+async def suppress(
+    settings: Settings, email: str, reason: str, organization: str | None = None
+) -> tuple[str, list[int]]:
+    """Manual suppression of an address in one organization, or in every organization
+    (contacts created later included). Returns the normalized address and the contacts
+    that changed; a second run changes none."""
+    cleaned = clean_email(email)
+    if cleaned is None:
+        raise ValidationFailed(f"not a valid email address: {email!r}", fields={"email": "invalid"})
+    if reason not in MANUAL_SUPPRESSIONS:
+        raise ValidationFailed(
+            f"unknown reason {reason!r}; one of {', '.join(MANUAL_SUPPRESSIONS)}",
+            fields={"reason": "invalid"},
+        )
+    normalized = normalize_email(cleaned)
+    async with session_scope(settings) as session:
+        organization_id = None
+        if organization is not None:
+            organization_id = await session.scalar(
+                select(Organization.id).where(Organization.slug == organization)
+            )
+            if organization_id is None:
+                raise NotFound(f"organization {organization!r} not found")
+        changed = await suppress_address(session, normalized, reason, organization_id=organization_id)
+    return normalized, changed
+
+
+async def requeue_stale_transactional(settings: Settings, older_than: float | None = None) -> int:
+    """The scheduler's re-enqueue of `queued` transactional rows, on demand, until none
+    older than the threshold is left (a re-enqueued row is touched, so it is not taken
+    twice; the batch cap only bounds a threshold shorter than the run itself)."""
+    async with open_deps(settings) as deps:
+        return await requeue_lost_transactional(deps, older_than=older_than, max_batches=REQUEUE_MAX_BATCHES)

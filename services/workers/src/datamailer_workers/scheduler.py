@@ -42,14 +42,17 @@ async def _publish_transactional(deps: WorkerDeps, rows: Sequence[Requeue]) -> N
     await deps.publisher.publish_batch([row.as_contract() for row in rows])
 
 
-async def requeue_lost_transactional(deps: WorkerDeps) -> int:
-    """Publish again the `queued` rows older than TRANSACTIONAL_REQUEUE_AFTER_SECONDS."""
+async def requeue_lost_transactional(
+    deps: WorkerDeps, *, older_than: float | None = None, max_batches: int = MAX_BATCHES_PER_RUN
+) -> int:
+    """Publish again the `queued` rows older than `older_than` seconds (default
+    TRANSACTIONAL_REQUEUE_AFTER_SECONDS); `datamailer transactional requeue-stale` runs
+    it on demand."""
+    threshold = deps.settings.delivery.requeue_after_seconds if older_than is None else older_than
     total = 0
-    for _ in range(MAX_BATCHES_PER_RUN):
+    for _ in range(max_batches):
         async with deps.sessionmaker() as session, session.begin():
-            rows = await deliveries.claim_stale_queued(
-                session, older_than=deps.settings.delivery.requeue_after_seconds, limit=SWEEP_BATCH
-            )
+            rows = await deliveries.claim_stale_queued(session, older_than=threshold, limit=SWEEP_BATCH)
         await _publish_transactional(deps, rows)
         total += len(rows)
         if len(rows) < SWEEP_BATCH:

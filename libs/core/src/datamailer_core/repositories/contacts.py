@@ -103,23 +103,47 @@ async def get_or_create_contact(
 
 
 MAILBOX_FACTS = {"hard_bounce": Contact.hard_bounced_at, "complaint": Contact.complained_at}
+# What an operator may suppress by hand: the mailbox facts, and a global unsubscribe.
+MANUAL_SUPPRESSIONS = {**MAILBOX_FACTS, "global_unsubscribe": Contact.global_unsubscribed_at}
 
 
 async def record_mailbox_fact(session: AsyncSession, normalized_email: str, reason: str) -> list[int]:
     """SES reported a hard bounce or complaint for the mailbox: every organization's
     contact for the address is suppressed (once), and so is any contact created later.
     Returns the ids of the contacts that changed."""
-    column = MAILBOX_FACTS[reason]
-    await session.execute(
-        insert(Suppression)
-        .values(organization_id=None, address_hash=address_hash(normalized_email), reason=reason)
-        .on_conflict_do_nothing(
+    return await suppress_address(session, normalized_email, reason, column=MAILBOX_FACTS[reason])
+
+
+async def suppress_address(
+    session: AsyncSession,
+    normalized_email: str,
+    reason: str,
+    *,
+    organization_id: int | None = None,
+    column: Any = None,
+) -> list[int]:
+    """Suppress an address for `reason` in one organization, or in every organization
+    (None): the suppression row (kept once), and the contacts' column set where it is not
+    yet, so contacts created later start suppressed too. Returns the contacts changed."""
+    column = MANUAL_SUPPRESSIONS[reason] if column is None else column
+    hashed = address_hash(normalized_email)
+    row = insert(Suppression).values(organization_id=organization_id, address_hash=hashed, reason=reason)
+    if organization_id is None:
+        row = row.on_conflict_do_nothing(
             index_elements=["address_hash", "reason"], index_where=Suppression.organization_id.is_(None)
         )
-    )
+    else:
+        row = row.on_conflict_do_nothing(
+            index_elements=["organization_id", "address_hash", "reason"],
+            index_where=Suppression.organization_id.is_not(None),
+        )
+    await session.execute(row)
+    which = [Contact.normalized_email == normalized_email, column.is_(None)]
+    if organization_id is not None:
+        which.append(Contact.organization_id == organization_id)
     changed = await session.scalars(
         update(Contact)
-        .where(Contact.normalized_email == normalized_email, column.is_(None))
+        .where(*which)
         .values({column: func.now(), Contact.updated_at: func.now()})
         .returning(Contact.id)
     )
