@@ -186,7 +186,7 @@ def test_a_dlq_alarm_that_tolerates_messages_is_refused(mutable: dict[str, Any])
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
-    return json.loads(path.read_text())  # type: ignore[no-any-return]
+    return json.loads(path.read_text())
 
 
 def test_a_parameter_file_missing_a_parameter_is_refused(template: dict[str, Any], tmp_path: Path) -> None:
