@@ -69,6 +69,9 @@ VPC_ACTIONS: Final = frozenset(
 )
 SECRET_PARAMETERS: Final = frozenset({"DatabaseWorkerSecretArn", "AppSecretArn"})
 SES_PARAMETERS: Final = frozenset({"SesSenderIdentity", "SesConfigurationSet"})
+# Example files carry placeholders; a file meant for a deploy must have none left.
+PLACEHOLDER: Final = "REPLACE"
+EXAMPLE_SUFFIX: Final = ".example.json"
 
 
 def _alarm_ids() -> tuple[str, ...]:
@@ -528,6 +531,8 @@ def check_parameters(template: Mapping[str, Any], path: Path) -> list[str]:
             problems.append(f"parameter {key}: ParameterValue must be a string")
         elif (bad := _check_value(key, value, declared[key])) is not None:
             problems.append(f"parameter {bad}")
+        elif PLACEHOLDER in value and not path.name.endswith(EXAMPLE_SUFFIX):
+            problems.append(f"parameter {key} still holds a {PLACEHOLDER} placeholder")
     for key, spec in declared.items():
         if key not in seen:
             kind = "parameter" if "Default" in spec else "required parameter"

@@ -191,7 +191,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 def test_a_parameter_file_missing_a_parameter_is_refused(template: dict[str, Any], tmp_path: Path) -> None:
     rows = [r for r in _rows(PARAMETERS[0]) if r["ParameterKey"] not in ("AlarmTopicArn", "MaxReceiveCount")]
-    broken = tmp_path / "staging.parameters.json"
+    broken = tmp_path / "staging.parameters.example.json"
     broken.write_text(json.dumps(rows))
 
     assert infra.check_parameters(template, broken) == [
@@ -208,13 +208,30 @@ def test_a_parameter_file_with_unknown_or_invalid_values_is_refused(
         if row["ParameterKey"] == "Environment":
             row["ParameterValue"] = "prod"
     rows.append({"ParameterKey": "WebAmiId", "ParameterValue": "ami-123"})
-    broken = tmp_path / "production.parameters.json"
+    broken = tmp_path / "production.parameters.example.json"
     broken.write_text(json.dumps(rows))
 
     assert infra.check_parameters(template, broken) == [
         "parameter Environment='prod' is not one of staging, production",
         "unknown parameter WebAmiId (not in the template)",
     ]
+
+
+def test_a_private_parameter_file_with_placeholders_left_is_refused(
+    template: dict[str, Any], tmp_path: Path
+) -> None:
+    rows = _rows(PARAMETERS[0])
+    for row in rows:
+        row["ParameterValue"] = row["ParameterValue"].replace("REPLACE", "filled")
+    vpc = next(r for r in rows if r["ParameterKey"] == "VpcId")
+    vpc["ParameterValue"] = "vpc-REPLACE"
+    private = tmp_path / "staging.parameters.private.json"
+    private.write_text(json.dumps(rows))
+
+    assert infra.check_parameters(template, private) == ["parameter VpcId still holds a REPLACE placeholder"]
+    vpc["ParameterValue"] = "vpc-0abc1234"
+    private.write_text(json.dumps(rows))
+    assert infra.check_parameters(template, private) == []
 
 
 def test_the_example_parameter_files_name_every_template_parameter(template: dict[str, Any]) -> None:
