@@ -5,7 +5,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/.venv
 RUN := $(UV) run --frozen --no-sync
 
-.PHONY: up test lint typecheck pytest test-slow bench fuzz lambda-zip install clean
+.PHONY: up test lint typecheck pytest test-slow bench fuzz lambda-zip install clean validate-infra
 
 $(UV):
 	$(PYTHON) -m venv $(CURDIR)/.tools
@@ -28,6 +28,10 @@ typecheck:
 
 pytest:
 	$(RUN) pytest
+
+validate-infra: install
+	$(RUN) datamailer infra validate
+	$(RUN) cfn-lint infra/cloudformation/datamailer.yaml
 
 test-slow: install
 	$(RUN) pytest -m slow

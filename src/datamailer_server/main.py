@@ -19,7 +19,7 @@ from datamailer_core.metrics import Metrics
 from datamailer_core.repositories.contacts import MANUAL_SUPPRESSIONS
 from datamailer_core.settings import Settings
 from datamailer_server import campaigns as campaign_ops
-from datamailer_server import dlq, ops
+from datamailer_server import dlq, infra, ops
 from datamailer_workers import poller, scheduler
 
 app = typer.Typer(help="Datamailer: self-hosted email on Amazon SES.", no_args_is_help=True)
@@ -39,6 +39,8 @@ dlq_app = typer.Typer(help="Dead-letter queues.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
 transactional_app = typer.Typer(help="Transactional message procedures.", no_args_is_help=True)
 app.add_typer(transactional_app, name="transactional")
+infra_app = typer.Typer(help="The AWS deployment (CloudFormation), checked locally.", no_args_is_help=True)
+app.add_typer(infra_app, name="infra")
 
 T = TypeVar("T")
 
@@ -492,6 +494,32 @@ def campaigns_retry_failed(
         campaign_ops.retry_failed(settings(), _campaign(campaign_id, client, key, organization))
     )
     typer.echo(f"campaign {found.id}: {reset} failed recipients back to pending; status {found.status}")
+
+
+@infra_app.command("validate")
+@one_line_errors
+def infra_validate(
+    template: Annotated[
+        Path, typer.Option(help="The CloudFormation template (YAML or JSON).")
+    ] = infra.DEFAULT_TEMPLATE,
+    parameters: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="A parameter file; repeat for several (default: the staging and production examples)."
+        ),
+    ] = None,
+) -> None:
+    """Check the template's structure and its parameter files (no AWS calls)."""
+    try:
+        report = infra.validate(template, parameters if parameters is not None else infra.DEFAULT_PARAMETERS)
+    except infra.InfraError as exc:
+        raise fail(str(exc)) from None
+    if not report.ok:
+        for problem in report.problems:
+            typer.secho(f"error: {problem}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+    for line in report.lines:
+        typer.echo(f"ok {line}")
 
 
 if __name__ == "__main__":
