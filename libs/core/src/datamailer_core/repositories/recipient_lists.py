@@ -40,6 +40,20 @@ SUBTREE_CONTACTS = text(
     """
 )
 
+# Contacts this client already holds (a client subscription exists): nothing of theirs
+# changes when they join a list, so the audience engine is only run for the others. The
+# key-share lock keeps an erasure from deleting them before the membership is written.
+_KNOWN_CONTACTS = text(
+    """
+    SELECT c.normalized_email, c.id
+    FROM unnest(CAST(:norms AS text[])) AS wanted(norm)
+    JOIN contacts c ON c.normalized_email = wanted.norm
+         AND c.organization_id = (SELECT organization_id FROM audiences WHERE id = :audience_id)
+    JOIN subscriptions s ON s.contact_id = c.id AND s.audience_id = :audience_id AND s.client_id = :client_id
+    FOR KEY SHARE OF c
+    """
+)
+
 _ENSURE_LISTS = text(
     """
     INSERT INTO recipient_lists (client_id, audience_id, list_key)
@@ -173,6 +187,15 @@ async def ensure_list(
     assert found is not None
     await session.refresh(found)
     return found, not existed
+
+
+async def known_contacts(session: AsyncSession, scope: ListScope, norms: Sequence[str]) -> dict[str, int]:
+    """Normalized email → contact id, for the contacts the client already holds."""
+    rows = await session.execute(
+        _KNOWN_CONTACTS,
+        {"norms": list(norms), "audience_id": scope.audience_id, "client_id": scope.client_id},
+    )
+    return {row[0]: row[1] for row in rows}
 
 
 async def upsert_members(session: AsyncSession, list_id: int, rows: Sequence[MemberRow]) -> WriteCounts:

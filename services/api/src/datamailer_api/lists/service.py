@@ -159,20 +159,27 @@ def check_members(members: Sequence[BulkMemberIn]) -> list[CheckedMember]:
 async def write_members(
     session: AsyncSession, scope: ContactScope, list_id: int, members: Sequence[CheckedMember]
 ) -> MemberCounts:
-    """Chunk by chunk, each its own short transaction: contacts through the audience engine
-    (a constant number of statements), then the memberships in one statement."""
+    """Chunk by chunk, each its own short transaction: the contacts the client already
+    holds are looked up (one statement), the others go through the audience engine (a
+    constant number of statements), then the memberships are written in one statement."""
     counts = MemberCounts(total=len(members))
     for start in range(0, len(members), CHUNK):
         chunk = members[start : start + CHUNK]
-        distinct: dict[str, ContactInput] = {}
+        ids = await repo.known_contacts(session, list_scope(scope), list({m.normalized for m in chunk}))
+        missing: dict[str, ContactInput] = {}
         for m in chunk:
-            distinct.setdefault(
-                m.normalized, ContactInput(email=m.email, normalized=m.normalized, source="list")
+            if m.normalized not in ids:
+                missing.setdefault(
+                    m.normalized, ContactInput(email=m.email, normalized=m.normalized, source="list")
+                )
+        if missing:
+            applied = await apply_contacts(
+                session,
+                audience_id=scope.audience.id,
+                client_id=scope.client_id,
+                items=list(missing.values()),
             )
-        applied = await apply_contacts(
-            session, audience_id=scope.audience.id, client_id=scope.client_id, items=list(distinct.values())
-        )
-        ids = dict(zip(distinct, applied.contact_ids, strict=True))
+            ids.update(zip(missing, applied.contact_ids, strict=True))
         written = await repo.upsert_members(
             session,
             list_id,
