@@ -363,3 +363,20 @@ async def test_another_clients_lists_are_invisible(
     assert [r for r in await member_rows(session) if r[2] == "b@example.com"] == before
     missing = await api.get(f"{BASE}/course", params={"audience": "newsletter"})
     assert missing.status_code == 401
+
+
+async def test_bulk_bodies_may_exceed_the_default_one_mebibyte_limit(
+    api: AsyncClient, tenant: Tenant
+) -> None:
+    padding = {"note": "x" * 60_000}
+    items = members(*((f"r:{i}", f"big{i}@example.com") for i in range(20)), metadata=padding)
+    for action in ("bulk-upsert", "reconcile"):
+        response = await post_set(api, tenant, "big", action, items)
+        assert response.status_code == 200, response.text[:200]
+    assert (await count(api, tenant, "big")) == 20
+    single = await api.put(
+        f"{BASE}/big/members/r:1",
+        json=scoped(tenant, member={"email": "big0@example.com"}, pad="x" * (1024 * 1024 + 1)),
+        headers=tenant.headers,
+    )
+    assert single.status_code == 413  # the single-member route keeps the default limit
