@@ -33,12 +33,14 @@ def build_app(
     service: str,
     title: str,
     body_limits: Mapping[str, int] | None = None,
+    body_limit_suffixes: Mapping[str, int] | None = None,
     default_body_limit: int = 1024 * 1024,
     on_startup: Callable[[FastAPI], Any] | None = None,
     on_shutdown: Callable[[FastAPI], Any] | None = None,
 ) -> FastAPI:
     """`on_startup(app)` runs once the clients are open; `on_shutdown(app)` before any
-    closes (e.g. to flush what is still to be published)."""
+    closes (e.g. to flush what is still to be published). `body_limits` are by exact
+    path, `body_limit_suffixes` by how a path ends (routes with a key in the path)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -68,7 +70,12 @@ def build_app(
     app.state.service = service
     install_error_handlers(app)
     install_openapi(app)
-    app.add_middleware(BodyLimit, limits=dict(body_limits or {}), default=default_body_limit)
+    app.add_middleware(
+        BodyLimit,
+        limits=dict(body_limits or {}),
+        suffixes=dict(body_limit_suffixes or {}),
+        default=default_body_limit,
+    )
     app.add_middleware(RequestContext, service=service, metrics=app.state.metrics)
     app.add_api_route("/health", health, methods=["GET"], tags=["ops"], include_in_schema=True)
     app.add_api_route("/metrics", metrics, methods=["GET"], tags=["ops"], include_in_schema=False)
@@ -184,14 +191,25 @@ class BodyLimit:
     """Answers 413 in the envelope before a handler reads a body over the route's limit,
     whether the size is declared in Content-Length or only discovered while streaming."""
 
-    def __init__(self, app: ASGIApp, limits: dict[str, int], default: int) -> None:
+    def __init__(
+        self, app: ASGIApp, limits: dict[str, int], default: int, suffixes: dict[str, int] | None = None
+    ) -> None:
         self.app, self.limits, self.default = app, limits, default
+        self.suffixes = dict(suffixes or {})
+
+    def limit_for(self, path: str) -> int:
+        if path in self.limits:
+            return self.limits[path]
+        for suffix, limit in self.suffixes.items():
+            if path.endswith(suffix):
+                return limit
+        return self.default
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.limits.get(scope["path"], self.default)
+        limit = self.limit_for(scope["path"])
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await _too_large(send, limit)

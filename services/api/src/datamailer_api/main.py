@@ -6,6 +6,8 @@ from datamailer_api.audience.router import router as contacts_router
 from datamailer_api.audience.transfer import CSV_IMPORT_LIMIT, CSV_IMPORT_PATH
 from datamailer_api.audience.transfer import router as transfer_router
 from datamailer_api.campaigns.router import router as campaigns_router
+from datamailer_api.lists.router import BODY_LIMIT_SUFFIXES
+from datamailer_api.lists.router import router as lists_router
 from datamailer_api.rendering import with_render_pool
 from datamailer_api.senders.router import router as senders_router
 from datamailer_api.transactional.router import router as transactional_router
@@ -21,6 +23,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         service="api",
         title="Datamailer client API",
         body_limits={CSV_IMPORT_PATH: CSV_IMPORT_LIMIT},
+        body_limit_suffixes=BODY_LIMIT_SUFFIXES,
     )
     with_render_pool(app)
     app.include_router(senders_router)
@@ -29,5 +32,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(transactional_router)
     app.include_router(verification_router)
     app.include_router(campaigns_router)
+    app.include_router(lists_router)
     app.include_router(webhooks_router)
     return app

@@ -11,6 +11,7 @@ from datamailer_core.models.contacts import (
     Tag,
 )
 from datamailer_core.models.events import EmailEvent
+from datamailer_core.models.lists import RecipientList, RecipientListMember
 from datamailer_core.models.rate import SendRateState
 from datamailer_core.models.scope import Audience, Client, ClientApiKey, Organization
 from datamailer_core.models.transactional import EmailTemplate, TransactionalMessage
@@ -30,6 +31,8 @@ __all__ = [
     "EmailEvent",
     "EmailTemplate",
     "Organization",
+    "RecipientList",
+    "RecipientListMember",
     "SendRateState",
     "Subscription",
     "SubscriptionVerification",
