@@ -13,6 +13,7 @@ from datamailer_api.main import create_app
 from datamailer_core.contracts import dump_message
 from datamailer_core.queues import replay_attributes
 from datamailer_core.repositories import deliveries
+from datamailer_server.localpg import free_port
 from datamailer_workers.deps import open_deps
 from datamailer_workers.monitor import serve_monitor
 from tests.api.transactional_factories import SEND, put_template, send_body
@@ -167,3 +168,21 @@ async def test_worker_metrics_and_health_answer_and_counters_move(worker_env: Wo
     assert health.status_code == 200
     assert health.json() == {"status": "ok", "database": "ok"}
     assert missing.status_code == 404
+
+
+async def test_worker_health_is_503_when_the_database_is_down(worker_env: WorkerEnv) -> None:
+    dead = WorkerEnv(
+        f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/nothing", worker_env.aws_endpoint
+    )
+    async with (
+        open_deps(dead.settings()) as deps,
+        serve_monitor(deps, 0, "127.0.0.1") as port,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http,
+    ):
+        health = await http.get("/health")
+        metrics = await http.get("/metrics")
+        wrong_method = await http.post("/metrics")
+    assert health.status_code == 503
+    assert health.json() == {"status": "unavailable", "database": "unreachable"}
+    assert metrics.status_code == 200
+    assert wrong_method.status_code == 405
