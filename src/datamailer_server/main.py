@@ -21,8 +21,15 @@ from datamailer_core.settings import Settings
 from datamailer_server import campaigns as campaign_ops
 from datamailer_server import dlq, infra, ops
 from datamailer_workers import poller, scheduler
+from datamailer_workers.monitor import DEFAULT_MONITOR_HOST
 
 app = typer.Typer(help="Datamailer: self-hosted email on Amazon SES.", no_args_is_help=True)
+
+MetricsPort = Annotated[
+    int | None,
+    typer.Option(min=0, max=65535, help="Serve /metrics (Prometheus) and /health on this port."),
+]
+MetricsHost = Annotated[str, typer.Option(help="Address the metrics port listens on.")]
 queues_app = typer.Typer(help="SQS queues.", no_args_is_help=True)
 senders_app = typer.Typer(help="Sender identities.", no_args_is_help=True)
 keys_app = typer.Typer(help="Client API keys.", no_args_is_help=True)
@@ -338,9 +345,8 @@ def worker(
     concurrency: Annotated[
         int | None, typer.Option(min=1, help="Records in progress per queue (WORKER_CONCURRENCY).")
     ] = None,
-    metrics_port: Annotated[
-        int | None, typer.Option(min=1, max=65535, help="Serve Prometheus metrics on this port.")
-    ] = None,
+    metrics_port: MetricsPort = None,
+    metrics_host: MetricsHost = DEFAULT_MONITOR_HOST,
 ) -> None:
     """Poll SQS and run the handlers until SIGTERM/SIGINT (in-flight records finish)."""
     try:
@@ -349,18 +355,24 @@ def worker(
         raise fail(str(exc)) from None
     cfg = settings()
     configure_logging(cfg.log)
-    run(poller.run_workers(cfg, queues, concurrency=concurrency, metrics_port=metrics_port))
+    run(
+        poller.run_workers(
+            cfg, queues, concurrency=concurrency, metrics_port=metrics_port, metrics_host=metrics_host
+        )
+    )
 
 
 @app.command("scheduler")
 @one_line_errors
 def scheduler_command(
     once: Annotated[bool, typer.Option("--once", help="Run every job once, then exit.")] = False,
+    metrics_port: MetricsPort = None,
+    metrics_host: MetricsHost = DEFAULT_MONITOR_HOST,
 ) -> None:
     """Re-enqueue lost messages, expire stale leases, dispatch webhooks; every SCHEDULER_INTERVAL_SECONDS."""
     cfg = settings()
     configure_logging(cfg.log)
-    results = run(scheduler.run(cfg, once=once))
+    results = run(scheduler.run(cfg, once=once, metrics_port=metrics_port, metrics_host=metrics_host))
     for name, count in (results or {}).items():
         typer.echo(f"{name}: {count}")
 

@@ -11,6 +11,18 @@ from typing import Any
 from datamailer_core.settings import LogSettings
 
 correlation_id: ContextVar[str | None] = ContextVar("correlation_id", default=None)
+# Where a queue message carries the id (its `metadata`), and the id's largest size.
+CORRELATION_KEY = "correlation_id"
+MAX_CORRELATION_ID = 64
+
+
+def usable_correlation_id(value: object) -> str | None:
+    """`value` when it can name a flow in logs (a printable string of at most 64
+    characters, e.g. a caller's X-Request-ID), else None."""
+    if isinstance(value, str) and 0 < len(value) <= MAX_CORRELATION_ID and value.isprintable():
+        return value
+    return None
+
 
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 

@@ -1,5 +1,10 @@
 """Publishing queue contracts to SQS. The row a message refers to is always committed
-before the message is sent; a lost send is repaired by the sweeper, never by the caller."""
+before the message is sent; a lost send is repaired by the sweeper, never by the caller.
+
+A message published while a correlation id is set (an API request) carries it in its
+`metadata` (`correlation_id`), so the worker's log lines, down to the SES call, share
+the request's id; it travels in the body, so a DLQ replay keeps it. Batches carry none:
+their messages come from many requests, and they are published off the request path."""
 
 import asyncio
 from collections.abc import Sequence
@@ -7,10 +12,19 @@ from typing import Any
 
 from datamailer_core.contracts import QueueMessage, dump_message
 from datamailer_core.errors import DatamailerError
+from datamailer_core.logging import CORRELATION_KEY, correlation_id
 from datamailer_core.settings import QueueSettings
 
 SQS_BATCH_LIMIT = 10
 BATCH_RETRIES = 3
+# The SQS message attribute `datamailer dlq replay` sets on what it puts back (its value
+# is the DLQ's name); a worker counts such a record in `datamailer_dlq_replays_total`.
+REPLAYED_FROM_ATTRIBUTE = "replayed_from_dlq"
+
+
+def replay_attributes(dlq_name: str) -> dict[str, dict[str, str]]:
+    """`MessageAttributes` for a message replayed from `dlq_name` into its source queue."""
+    return {REPLAYED_FROM_ATTRIBUTE: {"DataType": "String", "StringValue": dlq_name}}
 
 
 class QueueNotConfigured(DatamailerError):
@@ -29,6 +43,9 @@ class QueuePublisher:
         return url
 
     async def publish(self, message: QueueMessage) -> str:
+        cid = correlation_id.get()
+        if cid is not None and CORRELATION_KEY not in message.metadata:
+            message = message.model_copy(update={"metadata": {**message.metadata, CORRELATION_KEY: cid}})
         response = await self.sqs.send_message(
             QueueUrl=self.url(message.contract), MessageBody=dump_message(message)
         )

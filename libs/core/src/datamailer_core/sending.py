@@ -10,6 +10,8 @@ AccountSuspendedException, SendingPausedException, MessageRejected,
 MailFromDomainNotVerifiedException, NotFoundException and BadRequestException.
 """
 
+import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -78,6 +80,8 @@ PERMANENT_CODES: Final = frozenset(
 )
 MAX_REASON_LENGTH: Final = 500
 
+logger = logging.getLogger("datamailer.ses")
+
 
 @dataclass(frozen=True)
 class SendResult:
@@ -142,6 +146,37 @@ async def send_bulk_via_ses(sesv2: Any, request: dict[str, Any]) -> list[dict[st
 
 
 async def _call(method: Any, request: dict[str, Any]) -> dict[str, Any]:
+    """The SES call and its one log line (operation, outcome, duration; no addresses),
+    which carries the flow's correlation id like every other line."""
+    operation = "SendBulkEmail" if "BulkEmailEntries" in request else "SendEmail"
+    start = time.perf_counter()
+    try:
+        response: dict[str, Any] = await _classified(method, request)
+    except SendError as exc:
+        logger.warning(
+            "SES %s refused",
+            operation,
+            extra={
+                "operation": operation,
+                "error_code": exc.code,
+                "transient": isinstance(exc, TransientSendError),
+                "duration_ms": round((time.perf_counter() - start) * 1000, 1),
+            },
+        )
+        raise
+    extra: dict[str, Any] = {
+        "operation": operation,
+        "duration_ms": round((time.perf_counter() - start) * 1000, 1),
+    }
+    if "MessageId" in response:
+        extra["ses_message_id"] = response["MessageId"]
+    else:
+        extra["entries"] = len(request.get("BulkEmailEntries") or ())
+    logger.info("SES %s accepted", operation, extra=extra)
+    return response
+
+
+async def _classified(method: Any, request: dict[str, Any]) -> dict[str, Any]:
     try:
         response: dict[str, Any] = await method(**request)
     except ClientError as exc:

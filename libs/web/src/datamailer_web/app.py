@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from datamailer_core.aws import aws_client, aws_session
 from datamailer_core.db.engine import create_engine, create_sessionmaker
-from datamailer_core.logging import configure_logging, correlation_id
+from datamailer_core.logging import configure_logging, correlation_id, usable_correlation_id
 from datamailer_core.metrics import CONTENT_TYPE, Metrics
 from datamailer_core.queues import QueuePublisher
 from datamailer_core.settings import Settings
@@ -164,7 +164,7 @@ class RequestContext:
             return
         headers = dict(scope["headers"])
         incoming = headers.get(b"x-request-id", b"").decode("latin-1")
-        rid = incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else uuid.uuid4().hex
+        rid = usable_correlation_id(incoming) or uuid.uuid4().hex
         token = correlation_id.set(rid)
         start = time.perf_counter()
         status = 500
@@ -179,10 +179,10 @@ class RequestContext:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            route = scope.get("route")
-            path = getattr(route, "path", "unmatched")
-            self.metrics.request_latency.labels(self.service, scope["method"], path, str(status)).observe(
-                time.perf_counter() - start
+            # The route's template, never the raw path: ids and tokens are not labels.
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.observe_request(
+                self.service, scope["method"], route, status, time.perf_counter() - start
             )
             correlation_id.reset(token)
 

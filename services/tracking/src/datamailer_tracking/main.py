@@ -32,7 +32,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     # Outermost: `GET /t/o/{token}.gif` and `GET /t/c/{token}` never reach the router.
     app.add_middleware(
-        TrackingRoutes, state=app.state, secret_key=settings.security.secret_key.get_secret_value()
+        TrackingRoutes,
+        state=app.state,
+        secret_key=settings.security.secret_key.get_secret_value(),
+        metrics=app.state.metrics,
     )
     app.include_router(unsubscribe_router)
     app.include_router(verify_router)

@@ -14,6 +14,7 @@ from typing import Any, Final
 
 from datamailer_core.contracts import DLQ_SUFFIX, QUEUE_NAMES, QueueName
 from datamailer_core.logging import configure_logging
+from datamailer_core.queues import REPLAYED_FROM_ATTRIBUTE
 from datamailer_core.settings import Settings
 from datamailer_workers.deps import WorkerDeps, open_deps
 from datamailer_workers.registry import HANDLERS, Handler
@@ -60,6 +61,7 @@ async def process_batch(
                 queue=queue,
                 message_id=str(record.get("messageId", "?")),
                 receive_count=int(attributes.get("ApproximateReceiveCount", "1")),
+                replayed=REPLAYED_FROM_ATTRIBUTE in (record.get("messageAttributes") or {}),
                 handlers=handlers,
             )
         if not outcome.done and outcome.visible_after is not None and queue is not None:

@@ -14,12 +14,11 @@ import signal
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from prometheus_client import start_http_server
-
 from datamailer_core.contracts import QUEUE_NAMES, QueueName
-from datamailer_core.metrics import Metrics
+from datamailer_core.queues import REPLAYED_FROM_ATTRIBUTE
 from datamailer_core.settings import Settings
 from datamailer_workers.deps import WorkerDeps, open_deps
+from datamailer_workers.monitor import DEFAULT_MONITOR_HOST, serve_monitor
 from datamailer_workers.registry import HANDLERS, Handler, handled_queues
 from datamailer_workers.runtime import RETRY_BASE_SECONDS, RETRY_MAX_SECONDS, process_record
 
@@ -116,6 +115,7 @@ class QueuePoller:
             MaxNumberOfMessages=wanted,
             WaitTimeSeconds=self.wait_seconds,
             MessageSystemAttributeNames=["ApproximateReceiveCount"],
+            MessageAttributeNames=[REPLAYED_FROM_ATTRIBUTE],
         )
         messages: list[dict[str, Any]] = response.get("Messages", [])
         return messages
@@ -145,6 +145,7 @@ class QueuePoller:
                 queue=self.queue,
                 message_id=message.get("MessageId", "?"),
                 receive_count=int(attributes.get("ApproximateReceiveCount", "1")),
+                replayed=REPLAYED_FROM_ATTRIBUTE in message.get("MessageAttributes", {}),
                 retry_base=self.retry_base,
                 retry_max=self.retry_max,
                 handlers=self.handlers,
@@ -196,18 +197,13 @@ async def run_workers(
     *,
     concurrency: int | None = None,
     metrics_port: int | None = None,
+    metrics_host: str = DEFAULT_MONITOR_HOST,
 ) -> None:
     """`datamailer worker`: open the process's dependencies, poll until SIGTERM/SIGINT.
-    With `metrics_port`, Prometheus metrics are served on that port (path `/metrics`)."""
+    With `metrics_port`, `/metrics` and `/health` are served on that port."""
     stop = asyncio.Event()
     install_stop_signals(stop)
-    metrics = Metrics()
-    server = start_http_server(metrics_port, registry=metrics.registry)[0] if metrics_port else None
-    try:
-        async with open_deps(settings, metrics=metrics) as deps:
-            await run_pollers(
-                deps, queues, stop, concurrency=concurrency or settings.delivery.worker_concurrency
-            )
-    finally:
-        if server is not None:
-            server.shutdown()
+    async with open_deps(settings) as deps, contextlib.AsyncExitStack() as stack:
+        if metrics_port is not None:
+            await stack.enter_async_context(serve_monitor(deps, metrics_port, metrics_host))
+        await run_pollers(deps, queues, stop, concurrency=concurrency or settings.delivery.worker_concurrency)

@@ -2,7 +2,10 @@
 what the adapter (poller or Lambda) should do with the record. Handlers are pure async
 functions `(message, deps) -> None`; returning means done (delete the record), raising
 means leave it on the queue (it comes back, and after `maxReceiveCount` receives it
-lands in the DLQ)."""
+lands in the DLQ).
+
+Every log line of a record carries its correlation id: the one its message carries in
+`metadata.correlation_id` (the API request that enqueued it), else `sqs:<MessageId>`."""
 
 import logging
 import random
@@ -10,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from datamailer_core.contracts import ContractError, QueueName, parse_message
-from datamailer_core.logging import correlation_id
+from datamailer_core.contracts import ContractError, QueueMessage, QueueName, parse_message
+from datamailer_core.logging import CORRELATION_KEY, correlation_id, usable_correlation_id
 from datamailer_workers.deps import WorkerDeps, open_deps
 from datamailer_workers.errors import RetryLater, UnhandledContract
 from datamailer_workers.registry import HANDLERS, Handler
@@ -44,7 +47,10 @@ async def dispatch(
 ) -> None:
     """Parse one record body (ContractError for anything malformed, of an unknown
     contract or version, or of another queue than `queue`) and run its handler."""
-    message = parse_message(body, expected=queue)
+    await _run(parse_message(body, expected=queue), deps, handlers)
+
+
+async def _run(message: QueueMessage, deps: WorkerDeps, handlers: Mapping[str, Handler]) -> None:
     handler = handlers.get(message.contract)
     if handler is None:
         raise UnhandledContract(f"no handler for {message.contract}")
@@ -73,17 +79,25 @@ async def process_record(
     queue: QueueName | None,
     message_id: str,
     receive_count: int = 1,
+    replayed: bool = False,
     retry_base: float = RETRY_BASE_SECONDS,
     retry_max: float = RETRY_MAX_SECONDS,
     handlers: Mapping[str, Handler] = HANDLERS,
 ) -> RecordOutcome:
-    """Run one record and never raise: what went wrong is logged and counted."""
+    """Run one record and never raise: what went wrong is logged and counted.
+    `replayed`: the record was put back from its DLQ (`datamailer dlq replay`); it is
+    counted once, on its first receive."""
     label = queue or "unknown"
     counter = deps.metrics.queue_messages
     counter.labels(label, "received").inc()
+    if replayed and receive_count == 1:
+        deps.metrics.record_dlq_replay(label)
     token = correlation_id.set(f"sqs:{message_id}")
     try:
-        await dispatch(body, deps, queue=queue, handlers=handlers)
+        message = parse_message(body, expected=queue)
+        if carried := usable_correlation_id(message.metadata.get(CORRELATION_KEY)):
+            correlation_id.set(carried)
+        await _run(message, deps, handlers)
     except ContractError as exc:
         counter.labels(label, "failed").inc()
         logger.error("bad record left for the DLQ: %s", exc.reason, extra={"queue": label, "error": str(exc)})

@@ -19,6 +19,7 @@ from datamailer_core.repositories.deliveries import Requeue
 from datamailer_core.settings import Settings
 from datamailer_workers import campaign_jobs
 from datamailer_workers.deps import WorkerDeps, open_deps
+from datamailer_workers.monitor import DEFAULT_MONITOR_HOST, serve_monitor
 from datamailer_workers.poller import install_stop_signals
 from datamailer_workers.webhook_dispatch import dispatch_webhooks
 
@@ -148,13 +149,23 @@ async def run_scheduler(deps: WorkerDeps, jobs: Sequence[PeriodicJob], stop: asy
     await asyncio.gather(*(forever(job) for job in jobs))
 
 
-async def run(settings: Settings, *, once: bool = False) -> dict[str, int] | None:
-    """`datamailer scheduler`: until SIGTERM/SIGINT, or one pass with `once`."""
+async def run(
+    settings: Settings,
+    *,
+    once: bool = False,
+    metrics_port: int | None = None,
+    metrics_host: str = DEFAULT_MONITOR_HOST,
+) -> dict[str, int] | None:
+    """`datamailer scheduler`: until SIGTERM/SIGINT, or one pass with `once`. With
+    `metrics_port` (and not `once`), `/metrics` and `/health` are served on that port."""
     async with open_deps(settings) as deps:
         jobs = default_jobs(settings)
         if once:
             return await run_once(deps, jobs)
         stop = asyncio.Event()
         install_stop_signals(stop)
-        await run_scheduler(deps, jobs, stop)
+        async with contextlib.AsyncExitStack() as stack:
+            if metrics_port is not None:
+                await stack.enter_async_context(serve_monitor(deps, metrics_port, metrics_host))
+            await run_scheduler(deps, jobs, stop)
     return None

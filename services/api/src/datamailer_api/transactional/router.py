@@ -150,6 +150,15 @@ async def send(
         enqueued = await service.publish(publisher, message)
         if enqueued:
             await _record_enqueued(session, message)
+    logger.info(
+        "transactional message accepted",
+        extra={
+            "transactional_message_id": message.id,
+            "status": message.status,
+            "enqueued": enqueued,
+            "idempotent_replay": result.idempotent_replay,
+        },
+    )
     out = SendOut(
         message=_message_out(message), idempotent_replay=result.idempotent_replay, enqueued=enqueued
     )

@@ -142,5 +142,7 @@ async def handle_transactional_email(msg: TransactionalEmailV1, deps: WorkerDeps
 
     if not await in_transaction(deps, sent):
         logger.warning("sent, but the lease was taken over; result not recorded", extra={**log})
+    else:
+        logger.info("sent", extra={**log, "ses_message_id": result.message_id})
     metrics.sends.labels(STREAM, "sent").inc()
     await adapt_rate(deps, permit, throttled=False)
