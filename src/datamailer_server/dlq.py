@@ -15,7 +15,7 @@ from datamailer_core.aws import aws_client, aws_session
 from datamailer_core.contracts import DLQ_SUFFIX, QUEUE_NAMES
 from datamailer_core.errors import NotFound, ValidationFailed
 from datamailer_core.metrics import Metrics
-from datamailer_core.queues import QueuePublisher
+from datamailer_core.queues import QueuePublisher, replay_attributes
 from datamailer_core.settings import Settings
 
 logger = logging.getLogger("datamailer.dlq")
@@ -155,14 +155,18 @@ async def replay(
                 break
             for message in messages:
                 # Send first, delete second: a crash in between duplicates, never loses.
-                request: dict[str, Any] = {"QueueUrl": source_url, "MessageBody": message["Body"]}
-                if message.get("MessageAttributes"):
-                    request["MessageAttributes"] = message["MessageAttributes"]
-                await sqs.send_message(**request)
+                # Marked, so the worker that takes it counts the replay on its /metrics.
+                attributes = {
+                    **message.get("MessageAttributes", {}),
+                    **replay_attributes(url.rsplit("/", 1)[-1]),
+                }
+                await sqs.send_message(
+                    QueueUrl=source_url, MessageBody=message["Body"], MessageAttributes=attributes
+                )
                 await sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
                 replayed += 1
                 if metrics is not None:
-                    metrics.dlq_replays.labels(queue).inc()
+                    metrics.record_dlq_replay(queue)
             if progress is not None:
                 progress(replayed)
     if replayed:

@@ -112,6 +112,11 @@ async def test_dlq_inspect_leaves_the_messages_and_replay_after_the_fix_sends_ea
         return {(await load(deps, m.id)).status for m in messages} == {"sent"}
 
     await run_poller_until(deps, all_sent)
+    # The replayed copies are marked: the worker that took them counts them on /metrics.
+    replays = deps.metrics.registry.get_sample_value(
+        "datamailer_dlq_replays_total", {"queue": "transactional-email"}
+    )
+    assert replays == 3
     assert sorted(mail.destinations["ToAddresses"][0] for mail in sent_mail(worker_env.aws_endpoint)) == [
         f"user{i}@example.com" for i in range(3)
     ]
