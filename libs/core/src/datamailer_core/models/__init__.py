@@ -11,6 +11,7 @@ from datamailer_core.models.contacts import (
     Tag,
 )
 from datamailer_core.models.events import EmailEvent
+from datamailer_core.models.mailchimp import MailchimpAccount, MailchimpSync, MailchimpTagMapping
 from datamailer_core.models.rate import SendRateState
 from datamailer_core.models.scope import Audience, Client, ClientApiKey, Organization
 from datamailer_core.models.transactional import EmailTemplate, TransactionalMessage
@@ -29,6 +30,9 @@ __all__ = [
     "ContactTag",
     "EmailEvent",
     "EmailTemplate",
+    "MailchimpAccount",
+    "MailchimpSync",
+    "MailchimpTagMapping",
     "Organization",
     "SendRateState",
     "Subscription",
