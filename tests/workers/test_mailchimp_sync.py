@@ -20,6 +20,7 @@ from sqlalchemy import func, select, update
 from datamailer_api.main import create_app
 from datamailer_core.models import MailchimpAccount, MailchimpSync
 from datamailer_core.repositories import mailchimp
+from datamailer_core.repositories.contacts import record_mailbox_fact
 from datamailer_workers.deps import WorkerDeps, open_deps
 from datamailer_workers.mailchimp_sync import dispatch_mailchimp
 from datamailer_workers.scheduler import default_jobs
@@ -524,6 +525,24 @@ async def test_erasure_deletes_the_member_permanently(env: Env) -> None:
         "POST",
         f"/3.0/lists/{LIST}/members/{md5('ada@example.com')}/actions/delete-permanent",
     )
+
+
+async def test_a_hard_bounce_pushes_the_member_unsubscribed(env: Env) -> None:
+    await env.configure()
+    await env.contact(email="ada@example.com", status="subscribed")
+    await dispatch_mailchimp(env.deps)
+
+    async with env.deps.sessionmaker() as session, session.begin():
+        changed = await record_mailbox_fact(session, "ada@example.com", "hard_bounce")
+        await mailchimp.record_suppressed(session, changed)
+    await dispatch_mailchimp(env.deps)
+
+    _, again = env.mailchimp.calls
+    assert again.body == {
+        "email_address": "ada@example.com",
+        "status_if_new": "unsubscribed",
+        "status": "unsubscribed",
+    }
 
 
 def test_the_scheduler_runs_the_mailchimp_dispatcher(worker_env: WorkerEnv) -> None:

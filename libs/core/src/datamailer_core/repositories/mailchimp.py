@@ -123,6 +123,25 @@ async def record_changes(
     return len(rows)
 
 
+_RECORD_SUPPRESSED = text(
+    """
+    INSERT INTO mailchimp_syncs (client_id, audience_id, contact_id, action)
+    SELECT DISTINCT s.client_id, s.audience_id, s.contact_id, 'upsert'
+    FROM subscriptions s
+    JOIN mailchimp_accounts a ON a.client_id = s.client_id
+         AND a.enabled AND a.api_key <> '' AND a.list_id <> ''
+    WHERE s.contact_id = ANY(CAST(:ids AS bigint[]))
+    """
+)
+
+
+async def record_suppressed(session: AsyncSession, contact_ids: Sequence[int]) -> None:
+    """SES suppressed these contacts (hard bounce, complaint): every syncing client they
+    are subscribed to pushes them again, now `unsubscribed`."""
+    if contact_ids:
+        await session.execute(_RECORD_SUPPRESSED, {"ids": list(contact_ids)})
+
+
 _RECORD_DELETES = text(
     """
     INSERT INTO mailchimp_syncs (client_id, contact_id, action, subscriber_hash)
