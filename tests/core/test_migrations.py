@@ -82,7 +82,7 @@ async def test_upgrade_head_creates_every_model_table(fresh_database: str) -> No
     await upgrade(fresh_database)
     assert await _public_tables(fresh_database) == MODEL_TABLES | {"alembic_version"}
     assert "send_rate_state" in MODEL_TABLES
-    assert len(MODEL_TABLES) == 21
+    assert len(MODEL_TABLES) == 24
 
 
 async def test_upgrade_runs_on_a_connection_handed_in_by_the_caller(fresh_database: str) -> None:

@@ -37,6 +37,7 @@ IDLE = {
     "campaigns.start_due": 0,
     "campaigns.advance": 0,
     "webhooks.dispatch": 0,
+    "mailchimp.dispatch": 0,
 }
 
 

@@ -133,6 +133,12 @@ class SecuritySettings(_Group):
     secret_key: SecretStr = Field(default=SecretStr(LOCAL_SECRET_KEY), validation_alias="SECRET_KEY")
 
 
+class MailchimpSettings(_Group):
+    # Unset: `https://<dc>.api.mailchimp.com/3.0` from each client's API key.
+    base_url: str | None = Field(default=None, validation_alias="MAILCHIMP_BASE_URL")
+    timeout_seconds: float = Field(default=10.0, gt=0, validation_alias="MAILCHIMP_TIMEOUT_SECONDS")
+
+
 class LogSettings(_Group):
     level: str = Field(default="INFO", validation_alias="LOG_LEVEL")
     format: str = Field(default="console", pattern="^(json|console)$", validation_alias="LOG_FORMAT")
@@ -148,6 +154,7 @@ class Settings(_Group):
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    mailchimp: MailchimpSettings = Field(default_factory=MailchimpSettings)
 
     @model_validator(mode="after")
     def _refuse_default_secret(self) -> Self:

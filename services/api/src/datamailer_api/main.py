@@ -8,6 +8,7 @@ from datamailer_api.audience.transfer import router as transfer_router
 from datamailer_api.campaigns.router import router as campaigns_router
 from datamailer_api.lists.router import BODY_LIMIT_SUFFIXES
 from datamailer_api.lists.router import router as lists_router
+from datamailer_api.mailchimp.router import router as mailchimp_router
 from datamailer_api.rendering import with_render_pool
 from datamailer_api.senders.router import router as senders_router
 from datamailer_api.transactional.router import router as transactional_router
@@ -34,4 +35,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(campaigns_router)
     app.include_router(lists_router)
     app.include_router(webhooks_router)
+    app.include_router(mailchimp_router)
     return app

@@ -3,7 +3,8 @@
 Each job is a small async function of the worker dependencies returning how many rows it
 acted on; it runs every `interval` seconds. Jobs take their rows with
 `FOR UPDATE SKIP LOCKED`, so two schedulers never act on one row twice. Campaign
-scheduling and outbound webhook dispatch (`webhook_dispatch`) are among `default_jobs`.
+scheduling, outbound webhook dispatch (`webhook_dispatch`) and the Mailchimp sync
+(`mailchimp_sync`) are among `default_jobs`.
 """
 
 import asyncio
@@ -19,6 +20,7 @@ from datamailer_core.repositories.deliveries import Requeue
 from datamailer_core.settings import Settings
 from datamailer_workers import campaign_jobs
 from datamailer_workers.deps import WorkerDeps, open_deps
+from datamailer_workers.mailchimp_sync import dispatch_mailchimp
 from datamailer_workers.monitor import DEFAULT_MONITOR_HOST, serve_monitor
 from datamailer_workers.poller import install_stop_signals
 from datamailer_workers.webhook_dispatch import dispatch_webhooks
@@ -104,6 +106,7 @@ def default_jobs(settings: Settings) -> list[PeriodicJob]:
         PeriodicJob("campaigns.expire_leases", interval, expire_campaign_leases),
         *campaign_periodic_jobs(CampaignSettings()),
         PeriodicJob("webhooks.dispatch", interval, dispatch_webhooks),
+        PeriodicJob("mailchimp.dispatch", interval, dispatch_mailchimp),
     ]
 
 

@@ -12,6 +12,7 @@ from datamailer_core.models.contacts import (
 )
 from datamailer_core.models.events import EmailEvent
 from datamailer_core.models.lists import RecipientList, RecipientListMember
+from datamailer_core.models.mailchimp import MailchimpAccount, MailchimpSync, MailchimpTagMapping
 from datamailer_core.models.rate import SendRateState
 from datamailer_core.models.scope import Audience, Client, ClientApiKey, Organization
 from datamailer_core.models.transactional import EmailTemplate, TransactionalMessage
@@ -30,6 +31,9 @@ __all__ = [
     "ContactTag",
     "EmailEvent",
     "EmailTemplate",
+    "MailchimpAccount",
+    "MailchimpSync",
+    "MailchimpTagMapping",
     "Organization",
     "RecipientList",
     "RecipientListMember",

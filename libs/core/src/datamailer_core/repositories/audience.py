@@ -14,7 +14,7 @@ from typing import Any, Literal
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from datamailer_core.repositories import webhooks
+from datamailer_core.repositories import mailchimp, webhooks
 from datamailer_core.repositories.contacts import address_hash
 from datamailer_core.repositories.events import NewEvent, append_events
 
@@ -312,6 +312,7 @@ async def apply_contacts(
     tag_pairs: list[tuple[int, str]] = []
     events: list[NewEvent] = []
     outcomes: list[Outcome] = []
+    synced: list[mailchimp.MemberChange] = []
     for item in items:
         state = states[item.normalized]
         contact, client_sub, audience_sub, item_events = _plan(item, state, audience_id, client_id, now)
@@ -333,6 +334,10 @@ async def apply_contacts(
             outcomes.append("created")
         else:
             outcomes.append("updated" if changed else "unchanged")
+        if outcomes[-1] != "unchanged":
+            synced.append(
+                mailchimp.MemberChange(state.contact_id, new_tags, (), sorted(state.tags | set(new_tags)))
+            )
 
     if contact_rows:
         await session.execute(
@@ -361,4 +366,5 @@ async def apply_contacts(
     await webhooks.record_events(
         session, client_id=client_id, events=webhooks.subscription_events(events, emails)
     )
+    await mailchimp.record_changes(session, client_id=client_id, audience_id=audience_id, changes=synced)
     return ApplyResult(outcomes, [states[i.normalized].contact_id for i in items])

@@ -44,7 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from datamailer_core.contracts import SesWebhookV1
 from datamailer_core.models import Campaign, CampaignRecipient, EmailEvent, TransactionalMessage
-from datamailer_core.repositories import campaigns, webhooks
+from datamailer_core.repositories import campaigns, mailchimp, webhooks
 from datamailer_core.repositories.contacts import normalize_email, record_mailbox_fact
 from datamailer_core.ses_notifications import occurred_at
 
@@ -268,7 +268,7 @@ async def _mailbox_fact(
     )
     addresses: list[str] = facts.get("recipients", [])
     for address in addresses:
-        await record_mailbox_fact(session, address, reason)
+        await mailchimp.record_suppressed(session, await record_mailbox_fact(session, address, reason))
     if normalize_email(target.email) in addresses:
         await _mark(session, target, {column: when}, once=column, counter=counter, status=status)
     details = (

@@ -37,6 +37,7 @@ from datamailer_core import policy
 from datamailer_core.errors import Conflict, NotFound
 from datamailer_core.models import Contact
 from datamailer_core.repositories import audience_queries as queries
+from datamailer_core.repositories import mailchimp
 from datamailer_core.repositories.audience import ContactInput, apply_contacts
 from datamailer_core.repositories.contacts import normalize_email
 from datamailer_web.app import SessionDep
@@ -147,13 +148,32 @@ async def patch_suppression(
     )
 
 
+async def _sync_tags(
+    session: SessionDep, scope: service.ContactScope, contact_id: int, before: list[str]
+) -> None:
+    """Queue the Mailchimp tag operations of a tag change, in its transaction."""
+    after = await queries.contact_tags(session, contact_id, scope.audience.id)
+    added, removed = sorted(set(after) - set(before)), sorted(set(before) - set(after))
+    if added or removed:
+        change = mailchimp.MemberChange(contact_id, added, removed, after)
+        await mailchimp.record_changes(
+            session,
+            client_id=scope.client_id,
+            audience_id=scope.audience.id,
+            changes=[change],
+            tags_only=True,
+        )
+
+
 @router.put("/contacts/{contact_id}/tags", response_model=ContactOut, responses=NOT_FOUND)
 async def replace_tags(
     contact_id: ContactId, body: TagsIn, auth: CurrentClient, session: SessionDep
 ) -> ContactOut:
     """Replace the contact's tags in the audience."""
     scope = await service.scope_for_contact(session, auth, contact_id, body.audience, body.client)
+    before = await queries.contact_tags(session, contact_id, scope.audience.id)
     await queries.replace_tags(session, contact_id, scope.audience.id, sorted(set(body.tags)))
+    await _sync_tags(session, scope, contact_id, before)
     await session.commit()
     return await service.contact_out(session, scope, contact_id=contact_id)
 
@@ -175,7 +195,9 @@ QueryScope = Annotated[service.ContactScope, Depends(query_scope)]
 @router.post("/contacts/{contact_id}/tags/{slug}", response_model=ContactOut, responses=NOT_FOUND)
 async def add_tag(contact_id: ContactId, slug: Slug, scope: QueryScope, session: SessionDep) -> ContactOut:
     """Add one tag (idempotent)."""
+    before = await queries.contact_tags(session, contact_id, scope.audience.id)
     await queries.add_tags(session, contact_id, scope.audience.id, [slug])
+    await _sync_tags(session, scope, contact_id, before)
     await session.commit()
     return await service.contact_out(session, scope, contact_id=contact_id)
 
@@ -183,7 +205,9 @@ async def add_tag(contact_id: ContactId, slug: Slug, scope: QueryScope, session:
 @router.delete("/contacts/{contact_id}/tags/{slug}", response_model=ContactOut, responses=NOT_FOUND)
 async def remove_tag(contact_id: ContactId, slug: Slug, scope: QueryScope, session: SessionDep) -> ContactOut:
     """Remove one tag (idempotent)."""
+    before = await queries.contact_tags(session, contact_id, scope.audience.id)
     await queries.remove_tag(session, contact_id, scope.audience.id, slug)
+    await _sync_tags(session, scope, contact_id, before)
     await session.commit()
     return await service.contact_out(session, scope, contact_id=contact_id)
 
@@ -300,6 +324,7 @@ async def erase(body: EraseIn, auth: CurrentClient, session: SessionDep) -> Eras
         raise NotFound("contact not found", fields={"email": "not_found"})
     c = view.contact
     suppressed = policy.marketing_suppressed(c.global_unsubscribed_at, c.hard_bounced_at, c.complained_at)
+    await mailchimp.record_erase(session, organization_id=c.organization_id, contact_id=c.id, email=c.email)
     await queries.erase_contact(session, c)
     await session.commit()
     return EraseOut(erased=True, suppressed=suppressed)
