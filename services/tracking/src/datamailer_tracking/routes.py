@@ -18,7 +18,7 @@ from starlette.datastructures import State
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from datamailer_tracking.click import INVALID_PAGE, click_target, record_click
-from datamailer_tracking.events import EventPublisher
+from datamailer_tracking.events import EventSink
 from datamailer_tracking.pixel import NO_STORE, PIXEL, record_open
 
 PIXEL_PREFIX: Final = "/t/o/"
@@ -73,8 +73,8 @@ class TrackingRoutes:
         await self.app(scope, receive, send)
 
     @property
-    def events(self) -> EventPublisher:
-        events: EventPublisher = self.state.events
+    def events(self) -> EventSink:
+        events: EventSink = self.state.events
         return events
 
     async def _pixel(self, scope: Scope, send: Send, token: str) -> None:
