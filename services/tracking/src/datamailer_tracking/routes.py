@@ -5,7 +5,8 @@ and need nothing FastAPI adds: no body, no validation beyond the token's shape a
 link's signature, no database. Answered here, before routing, dependency resolution
 and the request-id/latency middleware, the service keeps a large share of a bare
 uvicorn endpoint's rate (bench/tracking.py); behind FastAPI's routing it managed about
-a quarter. Any other request goes on to the app.
+a quarter. What remains per event is building its JSON body and writing it down a pipe
+(`publisher.EventProcess`). Any other request goes on to the app.
 
 Both answer GET and HEAD; only a GET is an open or a click (link checkers and Apple
 Mail's URL previews send HEAD).
