@@ -3,8 +3,9 @@ p99 latency, next to a bare uvicorn endpoint (a raw ASGI app, no framework) answ
 the same GIF with the same headers in the same run. Target: the tracking service at
 >= 50% of the bare endpoint's rate.
 
-Real processes: `datamailer tracking` (one uvicorn worker, as deployed per core) with
-its SQS client pointed at `bench.sqs_sink` (moto would spend more CPU than the service
+Real processes: `datamailer tracking` (one uvicorn worker, as deployed per core, and
+its event publisher child, TRACKING_EVENT_PUBLISHER=process) with its SQS client pointed
+at `bench.sqs_sink` (moto would spend more CPU than the service
 it measures), the bare endpoint under uvicorn with the same options, and the load
 generator: `wrk` (64 connections, one thread) when installed (`apt-get install wrk`),
 else an asyncio HTTP/1.1 keep-alive loop in this process with as many connections.

@@ -196,6 +196,9 @@ def settings_for(database_url: str, aws_endpoint: str | None = None, **env: str)
         "SECRET_KEY": "test-secret-key",
         "LOG_FORMAT": "console",
         "LOG_LEVEL": "WARNING",
+        # A publisher child per test app would cost seconds each; the process mode has
+        # its own tests (tests/tracking/test_event_process.py).
+        "TRACKING_EVENT_PUBLISHER": "inline",
         **env,
     }
     saved = {k: os.environ.get(k) for k in values}

@@ -53,20 +53,23 @@ class QueuePublisher:
 
     async def publish_batch(self, messages: Sequence[QueueMessage]) -> None:
         """Send in batches of ten; entries SQS refuses are retried, then reported."""
-        for start in range(0, len(messages), SQS_BATCH_LIMIT):
-            chunk = messages[start : start + SQS_BATCH_LIMIT]
-            pending = {str(i): m for i, m in enumerate(chunk)}
+        by_queue: dict[str, list[str]] = {}
+        for msg in messages:
+            by_queue.setdefault(msg.contract, []).append(dump_message(msg))
+        for queue, bodies in by_queue.items():
+            await self.publish_bodies(queue, bodies)
+
+    async def publish_bodies(self, queue: str, bodies: Sequence[str]) -> None:
+        """`publish_batch` for bodies already serialized (each one whole contract)."""
+        url = self.url(queue)
+        for start in range(0, len(bodies), SQS_BATCH_LIMIT):
+            pending = {str(i): body for i, body in enumerate(bodies[start : start + SQS_BATCH_LIMIT])}
             for attempt in range(BATCH_RETRIES):
-                by_queue: dict[str, list[tuple[str, QueueMessage]]] = {}
-                for entry_id, msg in pending.items():
-                    by_queue.setdefault(msg.contract, []).append((entry_id, msg))
-                for queue, entries in by_queue.items():
-                    response = await self.sqs.send_message_batch(
-                        QueueUrl=self.url(queue),
-                        Entries=[{"Id": i, "MessageBody": dump_message(m)} for i, m in entries],
-                    )
-                    for ok in response.get("Successful", []):
-                        pending.pop(ok["Id"], None)
+                response = await self.sqs.send_message_batch(
+                    QueueUrl=url, Entries=[{"Id": i, "MessageBody": b} for i, b in pending.items()]
+                )
+                for ok in response.get("Successful", []):
+                    pending.pop(ok["Id"], None)
                 if not pending:
                     break
                 await asyncio.sleep(0.2 * (attempt + 1))

@@ -127,6 +127,12 @@ class TrackingSettings(_Group):
     list_unsubscribe_mailto: str | None = Field(
         default=None, pattern=r"^[^\s<>,?@]+@[^\s<>,?@]+$", validation_alias="LIST_UNSUBSCRIBE_MAILTO"
     )
+    # Where the tracking service publishes its events from: `process`, a child process fed
+    # through a pipe (the serving process keeps its CPU for answering); `inline`, the
+    # serving process itself.
+    event_publisher: Literal["process", "inline"] = Field(
+        default="process", validation_alias="TRACKING_EVENT_PUBLISHER"
+    )
 
 
 class SecuritySettings(_Group):
@@ -142,6 +148,20 @@ class MailchimpSettings(_Group):
 class LogSettings(_Group):
     level: str = Field(default="INFO", validation_alias="LOG_LEVEL")
     format: str = Field(default="console", pattern="^(json|console)$", validation_alias="LOG_FORMAT")
+
+
+def group_env(group: BaseSettings) -> dict[str, str | None]:
+    """A group's values as the environment variables that set them (None: unset), to
+    hand a child process the configuration this process was given."""
+    env: dict[str, str | None] = {}
+    for name, field in type(group).model_fields.items():
+        alias = field.validation_alias
+        assert isinstance(alias, str), name
+        value = getattr(group, name)
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        env[alias] = None if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+    return env
 
 
 class Settings(_Group):

@@ -11,7 +11,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from datamailer_core.campaigns.message import SIGNATURE_CHARS, click_target_is_genuine
-from datamailer_tracking.events import EventPublisher, tracking_event
+from datamailer_tracking.events import EventSink, tracking_event
 from datamailer_tracking.pixel import TOKEN
 
 # Checked before the constant-time comparison, which refuses non-ASCII strings.
@@ -48,7 +48,7 @@ def click_target(secret_key: str, token: str, url: str | None, signature: str | 
 
 
 async def record_click(
-    events: EventPublisher, token: str, url: str, user_agent: str | None, ip: str | None
+    events: EventSink, token: str, url: str, user_agent: str | None, ip: str | None
 ) -> None:
     if TOKEN.fullmatch(token):
         await events.submit(tracking_event("click", token, user_agent, ip, url=url))

@@ -6,6 +6,7 @@ from fastapi import FastAPI
 from datamailer_core.settings import Settings
 from datamailer_tracking import ses_webhook
 from datamailer_tracking.events import EventPublisher
+from datamailer_tracking.publisher import EventProcess
 from datamailer_tracking.routes import TrackingRoutes
 from datamailer_tracking.unsubscribe import router as unsubscribe_router
 from datamailer_tracking.verify import router as verify_router
@@ -13,8 +14,13 @@ from datamailer_web.app import build_app
 
 
 async def _start_events(app: FastAPI) -> None:
-    app.state.events = EventPublisher(app.state.publisher)
-    app.state.events.start()
+    settings: Settings = app.state.settings
+    if settings.tracking.event_publisher == "process":
+        app.state.events = EventProcess(settings)
+        await app.state.events.start()
+    else:
+        app.state.events = EventPublisher(app.state.publisher)
+        app.state.events.start()
 
 
 async def _flush_events(app: FastAPI) -> None:

@@ -5,7 +5,7 @@ database here)."""
 import re
 from typing import Final
 
-from datamailer_tracking.events import EventPublisher, tracking_event
+from datamailer_tracking.events import EventSink, tracking_event
 
 # `security.new_token`: 32 random bytes, URL-safe base64 without padding. Anything else
 # (a preview's placeholder, a mangled link) can never match a recipient.
@@ -27,6 +27,6 @@ NO_STORE: Final = {
 }
 
 
-async def record_open(events: EventPublisher, token: str, user_agent: str | None, ip: str | None) -> None:
+async def record_open(events: EventSink, token: str, user_agent: str | None, ip: str | None) -> None:
     if TOKEN.fullmatch(token):
         await events.submit(tracking_event("open", token, user_agent, ip))

@@ -5,7 +5,8 @@ and need nothing FastAPI adds: no body, no validation beyond the token's shape a
 link's signature, no database. Answered here, before routing, dependency resolution
 and the request-id middleware, the service keeps a large share of a bare
 uvicorn endpoint's rate (bench/tracking.py); behind FastAPI's routing it managed about
-a quarter. Any other request goes on to the app.
+a quarter. What remains per event is building its JSON body and writing it down a pipe
+(`publisher.EventProcess`). Any other request goes on to the app.
 
 Both answer GET and HEAD; only a GET is an open or a click (link checkers and Apple
 Mail's URL previews send HEAD). Their latency is recorded like any route's, under the
@@ -21,7 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from datamailer_core.metrics import Metrics
 from datamailer_tracking.click import INVALID_PAGE, click_target, record_click
-from datamailer_tracking.events import EventPublisher
+from datamailer_tracking.events import EventSink
 from datamailer_tracking.pixel import NO_STORE, PIXEL, record_open
 
 PIXEL_PREFIX: Final = "/t/o/"
@@ -87,8 +88,8 @@ class TrackingRoutes:
         await self.app(scope, receive, send)
 
     @property
-    def events(self) -> EventPublisher:
-        events: EventPublisher = self.state.events
+    def events(self) -> EventSink:
+        events: EventSink = self.state.events
         return events
 
     async def _pixel(self, scope: Scope, send: Send, token: str) -> None:
