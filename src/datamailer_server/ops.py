@@ -111,6 +111,19 @@ async def set_senders(
     return cleaned, default
 
 
+async def seed_senders(
+    settings: Settings, client: str, senders: list[dict[str, str]], default: str | None
+) -> list[dict[str, str]]:
+    """Set `senders` only on a client that has none yet; returns the client's senders,
+    so a re-seed keeps what a client (or an operator) configured since."""
+    async with session_scope(settings) as session:
+        found = await scope.get_client_by_slug(session, client)
+        if found.sender_emails:
+            return [{"id": str(s["id"]), "email": str(s["email"])} for s in found.sender_emails]
+    cleaned, _ = await set_senders(settings, client, senders, default, None)
+    return cleaned
+
+
 async def create_key(
     settings: Settings, client: str, name: str, organization: str | None = None, notes: str | None = None
 ) -> IssuedKey:
