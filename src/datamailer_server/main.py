@@ -160,9 +160,16 @@ def senders_set(
     cleaned, default_id = run(
         ops.set_senders(settings(), client, [_parse_sender(s) for s in sender], default, organization)
     )
-    for s in cleaned:
+    checks = run(ops.check_sender_identities(settings(), cleaned))
+    for s, check in zip(cleaned, checks, strict=True):
         mark = " (default)" if s["id"] == default_id else ""
-        typer.echo(f"{s['id']}: {s['email']}{mark}")
+        if check.verified:
+            state = f"verified in SES ({check.identity})"
+        elif check.verified is None:
+            state = f"SES not asked ({check.status})"
+        else:
+            state = f"NOT verified in SES ({check.status}): SES refuses mail from it"
+        typer.echo(f"{s['id']}: {s['email']}{mark}  [{state}]")
 
 
 @keys_app.command("create")

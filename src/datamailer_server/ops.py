@@ -18,7 +18,7 @@ from datamailer_core.repositories import scope, webhooks
 from datamailer_core.repositories.audience_queries import erase_contact
 from datamailer_core.repositories.contacts import normalize_email
 from datamailer_core.security import IssuedKey
-from datamailer_core.senders import validate_senders
+from datamailer_core.senders import IdentityCheck, check_identity, validate_senders
 from datamailer_core.settings import Settings
 
 if TYPE_CHECKING:
@@ -90,6 +90,12 @@ async def verify_sender_identities(settings: Settings, addresses: list[str]) -> 
     async with aws_client(aws_session(settings.aws), settings.aws, "ses") as ses:
         for address in addresses:
             await ses.verify_email_identity(EmailAddress=address)
+
+
+async def check_sender_identities(settings: Settings, senders: list[dict[str, str]]) -> list[IdentityCheck]:
+    """What SES says about each sender's address (`GetEmailIdentity`); errors are reported."""
+    async with aws_client(aws_session(settings.aws), settings.aws, "sesv2") as sesv2:
+        return [await check_identity(sesv2, sender) for sender in senders]
 
 
 async def provision(settings: Settings, organization: str, audience: str, client: str) -> scope.Scope:

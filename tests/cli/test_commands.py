@@ -92,7 +92,22 @@ def test_provision_senders_and_keys_lifecycle(cli: Cli) -> None:
         "--default",
         "support",
     )
-    assert out.stdout.strip() == "support: Acme Support <support@acme.com> (default)"
+    assert out.stdout.strip() == (
+        "support: Acme Support <support@acme.com> (default)"
+        "  [NOT verified in SES (not_found): SES refuses mail from it]"
+    )
+    boto3.client(
+        "sesv2",
+        endpoint_url=cli.env["AWS_ENDPOINT_URL"],
+        region_name="us-east-1",
+        aws_access_key_id="t",
+        aws_secret_access_key="t",
+    ).create_email_identity(EmailIdentity="acme.com")
+    verified = cli("senders", "set", "web", "--sender", "support=Acme Support <support@acme.com>")
+    assert (
+        verified.stdout.strip()
+        == "support: Acme Support <support@acme.com> (default)  [verified in SES (acme.com)]"
+    )
     bad = cli("senders", "set", "web", "--sender", "x=Evil\r\nBcc: a@b.c <x@acme.com>", ok=False)
     assert bad.returncode == 1
     assert bad.stderr.count("\n") == 1
