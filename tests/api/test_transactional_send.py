@@ -493,7 +493,8 @@ async def test_dry_run_renders_and_decides_but_stores_and_sends_nothing(
         "text_body": "Hi Ada,\nReset: https://example.com/r/1",
     }
     assert body["would_deliver"] is True
-    assert body["delivery_decision"] == {"allowed": True, "reason": None}
+    assert body["delivery_decision"] == {"allowed": True, "reason": ""}
+    assert body["message"]["reply_to"] == ""  # Datamailer's empty values, not null
     assert (
         await contacts.get_contact_by_email(session, tenant.scope.organization.id, "fresh@example.com")
         is None
