@@ -305,7 +305,7 @@ async def test_no_sender_configured_is_400(api: AsyncClient, tenant: Tenant, ses
         ({"headers": {"X Bad": "v"}}, {"headers.X Bad": "invalid"}),
         ({"headers": {"X-" + "a" * 200: "v"}}, {"headers": "invalid"}),
         ({"headers": {f"X-H{i}": "v" for i in range(21)}}, {"headers": "too_long"}),
-        ({"category_tag": "billing"}, {"audience": "required", "client": "required"}),
+        ({"category_tag": "billing"}, {"audience": "required"}),
         ({"audience": "no-such-audience"}, {"audience": "not_found"}),
         ({"metadata": {"x": float("nan")}}, {"metadata": "invalid"}),
         ({"context": {"x": "nul\x00"}}, {"context": "invalid"}),
