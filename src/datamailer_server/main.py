@@ -17,7 +17,7 @@ from datamailer_core.errors import DatamailerError
 from datamailer_core.logging import configure_logging
 from datamailer_core.settings import Settings
 from datamailer_server import campaigns as campaign_ops
-from datamailer_server import ops
+from datamailer_server import inbox, ops
 from datamailer_workers import poller, scheduler
 
 app = typer.Typer(help="Datamailer: self-hosted email on Amazon SES.", no_args_is_help=True)
@@ -33,6 +33,8 @@ contacts_app = typer.Typer(help="Contact procedures.", no_args_is_help=True)
 app.add_typer(contacts_app, name="contacts")
 webhooks_app = typer.Typer(help="Outbound webhook endpoints.", no_args_is_help=True)
 app.add_typer(webhooks_app, name="webhooks")
+dev_app = typer.Typer(help="Local development helpers (against `datamailer up`).", no_args_is_help=True)
+app.add_typer(dev_app, name="dev")
 
 T = TypeVar("T")
 
@@ -413,6 +415,19 @@ def campaigns_retry_failed(
         campaign_ops.retry_failed(settings(), _campaign(campaign_id, client, key, organization))
     )
     typer.echo(f"campaign {found.id}: {reset} failed recipients back to pending; status {found.status}")
+
+
+@dev_app.command("inbox")
+@one_line_errors
+def dev_inbox(
+    limit: Annotated[int, typer.Option(min=0, help="Show the last N messages (0: all).")] = 5,
+) -> None:
+    """The last messages the local SES (moto's server at AWS_ENDPOINT_URL) received: From,
+    To, Subject and the text body, decoded."""
+    endpoint = settings().aws.endpoint_url
+    if not endpoint:
+        raise fail("AWS_ENDPOINT_URL is not set: the inbox is moto's (`datamailer up`), not real SES")
+    typer.echo(inbox.render(inbox.fetch_sent(endpoint), limit))
 
 
 if __name__ == "__main__":
