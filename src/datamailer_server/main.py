@@ -19,7 +19,7 @@ from datamailer_core.metrics import Metrics
 from datamailer_core.repositories.contacts import MANUAL_SUPPRESSIONS
 from datamailer_core.settings import Settings
 from datamailer_server import campaigns as campaign_ops
-from datamailer_server import dlq, infra, ops
+from datamailer_server import dlq, inbox, infra, ops
 from datamailer_workers import poller, scheduler
 from datamailer_workers.monitor import DEFAULT_MONITOR_HOST
 
@@ -48,6 +48,8 @@ transactional_app = typer.Typer(help="Transactional message procedures.", no_arg
 app.add_typer(transactional_app, name="transactional")
 infra_app = typer.Typer(help="The AWS deployment (CloudFormation), checked locally.", no_args_is_help=True)
 app.add_typer(infra_app, name="infra")
+dev_app = typer.Typer(help="Local development helpers (against `datamailer up`).", no_args_is_help=True)
+app.add_typer(dev_app, name="dev")
 
 T = TypeVar("T")
 
@@ -175,9 +177,16 @@ def senders_set(
     cleaned, default_id = run(
         ops.set_senders(settings(), client, [_parse_sender(s) for s in sender], default, organization)
     )
-    for s in cleaned:
+    checks = run(ops.check_sender_identities(settings(), cleaned))
+    for s, check in zip(cleaned, checks, strict=True):
         mark = " (default)" if s["id"] == default_id else ""
-        typer.echo(f"{s['id']}: {s['email']}{mark}")
+        if check.verified:
+            state = f"verified in SES ({check.identity})"
+        elif check.verified is None:
+            state = f"SES not asked ({check.status})"
+        else:
+            state = f"NOT verified in SES ({check.status}): SES refuses mail from it"
+        typer.echo(f"{s['id']}: {s['email']}{mark}  [{state}]")
 
 
 @keys_app.command("create")
@@ -532,6 +541,19 @@ def infra_validate(
         raise typer.Exit(1)
     for line in report.lines:
         typer.echo(f"ok {line}")
+
+
+@dev_app.command("inbox")
+@one_line_errors
+def dev_inbox(
+    limit: Annotated[int, typer.Option(min=0, help="Show the last N messages (0: all).")] = 5,
+) -> None:
+    """The last messages the local SES (moto's server at AWS_ENDPOINT_URL) received: From,
+    To, Subject and the text body, decoded."""
+    endpoint = settings().aws.endpoint_url
+    if not endpoint:
+        raise fail("AWS_ENDPOINT_URL is not set: the inbox is moto's (`datamailer up`), not real SES")
+    typer.echo(inbox.render(inbox.fetch_sent(endpoint), limit))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from datamailer_core.repositories.contacts import (
     suppress_address,
 )
 from datamailer_core.security import IssuedKey
-from datamailer_core.senders import validate_senders
+from datamailer_core.senders import IdentityCheck, check_identity, validate_senders
 from datamailer_core.settings import Settings
 from datamailer_workers.deps import open_deps
 from datamailer_workers.scheduler import requeue_lost_transactional
@@ -100,6 +100,12 @@ async def verify_sender_identities(settings: Settings, addresses: list[str]) -> 
             await ses.verify_email_identity(EmailAddress=address)
 
 
+async def check_sender_identities(settings: Settings, senders: list[dict[str, str]]) -> list[IdentityCheck]:
+    """What SES says about each sender's address (`GetEmailIdentity`); errors are reported."""
+    async with aws_client(aws_session(settings.aws), settings.aws, "sesv2") as sesv2:
+        return [await check_identity(sesv2, sender) for sender in senders]
+
+
 async def provision(settings: Settings, organization: str, audience: str, client: str) -> scope.Scope:
     async with session_scope(settings) as session:
         return await scope.provision(session, organization=organization, audience=audience, client=client)
@@ -117,6 +123,19 @@ async def set_senders(
         found = await scope.get_client_by_slug(session, client, organization)
         await scope.set_senders(session, found, cleaned, default)
     return cleaned, default
+
+
+async def seed_senders(
+    settings: Settings, client: str, senders: list[dict[str, str]], default: str | None
+) -> list[dict[str, str]]:
+    """Set `senders` only on a client that has none yet; returns the client's senders,
+    so a re-seed keeps what a client (or an operator) configured since."""
+    async with session_scope(settings) as session:
+        found = await scope.get_client_by_slug(session, client)
+        if found.sender_emails:
+            return [{"id": str(s["id"]), "email": str(s["email"])} for s in found.sender_emails]
+    cleaned, _ = await set_senders(settings, client, senders, default, None)
+    return cleaned
 
 
 async def create_key(

@@ -109,9 +109,9 @@ class LocalStack:
             env[ops.QUEUE_ENV[name]] = url
         await asyncio.to_thread(ops.migrate, settings)
         await ops.provision(settings, **DEMO)
-        senders, default = await ops.set_senders(
-            settings, DEMO["client"], [DEMO_SENDER], DEMO_SENDER["id"], None
-        )
+        # Senders a client set through the API survive a restart; they are (re)verified in
+        # moto's in-memory SES like the demo one.
+        senders = await ops.seed_senders(settings, DEMO["client"], [DEMO_SENDER], DEMO_SENDER["id"])
         if settings.aws.endpoint_url:
             await ops.verify_sender_identities(settings, [parseaddr(s["email"])[1] for s in senders])
         return await self._demo_key(settings)

@@ -300,3 +300,37 @@ async def test_a_campaign_that_paused_itself_shows_why_until_resumed(
     assert (shown["status"], shown["paused_reason"]) == ("paused", "complaint_rate_exceeded")
     resumed = (await post(api, tenant, "resume")).json()["campaign"]
     assert (resumed["status"], resumed["paused_reason"]) == ("snapshotting", None)
+
+
+async def test_a_sent_campaign_that_reached_nobody_says_why(
+    api: AsyncClient, session: AsyncSession, sessionmaker: async_sessionmaker[AsyncSession], tenant: Tenant
+) -> None:
+    campaign_id = await queued_with_recipients(api, session, sessionmaker, tenant, eligible=0, unverified=3)
+    async with sessionmaker() as other, other.begin():
+        assert await campaigns.finish_if_done(other, campaign_id)
+
+    campaign = (await api.get(f"{CAMPAIGNS}/nov", headers=tenant.headers)).json()["campaign"]
+
+    assert campaign["status"] == "sent"
+    assert campaign["counters"]["sent_count"] == 0
+    assert campaign["counters"]["skipped_count"] == 3
+    assert campaign["outcome"] == "no_eligible_recipients"
+    assert campaign["warning"] == "no eligible recipients: 3 skipped unverified"
+
+
+async def test_a_sent_campaign_that_reached_someone_has_no_warning(
+    api: AsyncClient, session: AsyncSession, sessionmaker: async_sessionmaker[AsyncSession], tenant: Tenant
+) -> None:
+    campaign_id = await queued_with_recipients(api, session, sessionmaker, tenant, eligible=2, unverified=1)
+    before = (await api.get(f"{CAMPAIGNS}/nov", headers=tenant.headers)).json()["campaign"]
+    assert before["outcome"] is None
+    await set_recipient_status(session, campaign_id, "sent", ids=None)
+    await session.execute(
+        text("UPDATE campaigns SET status = 'sent', sent_count = 3 WHERE id = :id"), {"id": campaign_id}
+    )
+    await session.commit()
+
+    campaign = (await api.get(f"{CAMPAIGNS}/nov", headers=tenant.headers)).json()["campaign"]
+
+    assert campaign["outcome"] == "sent"
+    assert campaign["warning"] is None

@@ -282,3 +282,31 @@ async def test_erase_scrubs_the_contacts_transactional_messages(
     assert "m@example.com" not in str(row)
     assert "Mallory" not in str(row)
     assert "m-1" not in str(row)
+
+
+async def test_client_may_be_omitted_where_the_key_names_it(api: AsyncClient, tenant: Tenant) -> None:
+    audience = tenant.scope.audience.slug
+    created = await api.post(
+        "/api/contacts",
+        json={"email": "solo@example.com", "audience": audience, "status": "subscribed", "verified": True},
+        headers=tenant.headers,
+    )
+    assert created.status_code == 200, created.text
+    assert created.json()["client"]["slug"] == tenant.scope.client.slug
+    read = await api.get(
+        "/api/contacts/status",
+        params={"email": "solo@example.com", "audience": audience},
+        headers=tenant.headers,
+    )
+    assert read.status_code == 200, read.text
+    assert read.json()["can_send_marketing"] is True
+    listed = await api.get("/api/contacts", params={"audience": audience}, headers=tenant.headers)
+    assert [c["email"] for c in listed.json()["contacts"]] == ["solo@example.com"]
+    # A named client must still be the key's own.
+    other = await api.get(
+        "/api/contacts/status",
+        params={"email": "solo@example.com", "audience": audience, "client": "someone-else"},
+        headers=tenant.headers,
+    )
+    assert other.status_code == 403
+    assert other.json()["error"]["fields"] == {"client": "forbidden"}

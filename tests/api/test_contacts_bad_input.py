@@ -72,7 +72,7 @@ async def test_bad_bodies_get_400_413_415_and_change_nothing(
     "params",
     [
         {"email": "a@example.com"},
-        {"email": "a@example.com", "audience": "newsletter"},
+        {"email": "a@example.com", "audience": "missing"},  # client may be omitted, audience not
         {"email": "a@example.com", "audience": "missing", "client": "app"},
     ],
 )

@@ -32,3 +32,11 @@ async def test_request_bodies_carry_examples(api: AsyncClient) -> None:
     schemas = spec["components"]["schemas"]
     for name in ("ContactUpsertIn", "SendersIn", "UnsubscribeIn", "ImportIn"):
         assert schemas[name].get("examples"), name
+
+
+async def test_interactive_docs_answer_at_docs_and_at_datamailers_api_docs(api: AsyncClient) -> None:
+    for path in ("/docs", "/api-docs/"):
+        response = await api.get(path)
+        assert response.status_code == 200, path
+        assert "swagger-ui" in response.text
+        assert "/openapi.json" in response.text

@@ -1,4 +1,7 @@
+from typing import Any
+
 import pytest
+from botocore.exceptions import ClientError
 from httpx import AsyncClient
 
 from tests.factories import Tenant, TenantFactory
@@ -85,3 +88,56 @@ async def test_a_quoted_display_name_is_one_mailbox(api: AsyncClient, tenant: Te
     assert response.status_code == 200, response.text
     assert response.json()["senders"] == body["senders"]
     assert response.json()["default_sender_id"] == "acme"
+
+
+async def test_put_reports_whether_ses_will_send_from_each_sender(
+    api: AsyncClient, tenant: Tenant, api_app: Any
+) -> None:
+    await api_app.state.sesv2.create_email_identity(EmailIdentity="news@verified.example.com")
+    await api_app.state.sesv2.create_email_identity(EmailIdentity="domain.example.com")
+    body = {
+        "senders": [
+            {"id": "news", "email": "News <news@verified.example.com>"},
+            {"id": "support", "email": "support@domain.example.com"},
+            {"id": "nobody", "email": "nobody@unknown.example.com"},
+        ],
+        "default_sender_id": "news",
+    }
+
+    response = await api.put(SENDERS, json=body, headers=tenant.headers)
+
+    assert response.status_code == 200, response.text
+    assert response.json()["senders"] == body["senders"]
+    identities = {i["sender_id"]: i for i in response.json()["identities"]}
+    assert identities["news"]["verified"] is True
+    assert identities["news"]["identity"] == "news@verified.example.com"
+    assert identities["support"]["verified"] is True
+    assert identities["support"]["identity"] == "domain.example.com"
+    assert identities["nobody"] == {
+        "sender_id": "nobody",
+        "address": "nobody@unknown.example.com",
+        "verified": False,
+        "status": "not_found",
+        "identity": None,
+    }
+
+
+class FailingSes:
+    async def get_email_identity(self, **_: Any) -> Any:
+        raise ClientError(
+            {"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "GetEmailIdentity"
+        )
+
+
+async def test_an_ses_error_is_reported_not_a_500_and_the_senders_are_still_set(
+    api: AsyncClient, tenant: Tenant, api_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(api_app.state, "sesv2", FailingSes())
+    body = {"senders": [{"id": "news", "email": "news@example.com"}]}
+
+    response = await api.put(SENDERS, json=body, headers=tenant.headers)
+
+    assert response.status_code == 200, response.text
+    assert response.json()["identities"][0]["verified"] is None
+    assert response.json()["identities"][0]["status"] == "error:ThrottlingException"
+    assert (await api.get(SENDERS, headers=tenant.headers)).json()["senders"] == body["senders"]

@@ -305,7 +305,7 @@ async def test_no_sender_configured_is_400(api: AsyncClient, tenant: Tenant, ses
         ({"headers": {"X Bad": "v"}}, {"headers.X Bad": "invalid"}),
         ({"headers": {"X-" + "a" * 200: "v"}}, {"headers": "invalid"}),
         ({"headers": {f"X-H{i}": "v" for i in range(21)}}, {"headers": "too_long"}),
-        ({"category_tag": "billing"}, {"audience": "required", "client": "required"}),
+        ({"category_tag": "billing"}, {"audience": "required"}),
         ({"audience": "no-such-audience"}, {"audience": "not_found"}),
         ({"metadata": {"x": float("nan")}}, {"metadata": "invalid"}),
         ({"context": {"x": "nul\x00"}}, {"context": "invalid"}),
@@ -493,7 +493,8 @@ async def test_dry_run_renders_and_decides_but_stores_and_sends_nothing(
         "text_body": "Hi Ada,\nReset: https://example.com/r/1",
     }
     assert body["would_deliver"] is True
-    assert body["delivery_decision"] == {"allowed": True, "reason": None}
+    assert body["delivery_decision"] == {"allowed": True, "reason": ""}
+    assert body["message"]["reply_to"] == ""  # Datamailer's empty values, not null
     assert (
         await contacts.get_contact_by_email(session, tenant.scope.organization.id, "fresh@example.com")
         is None

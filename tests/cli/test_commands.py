@@ -1,5 +1,6 @@
 """The operator commands, run as an operator runs them: a process with environment settings."""
 
+import email.message
 import json
 import os
 import subprocess
@@ -92,7 +93,22 @@ def test_provision_senders_and_keys_lifecycle(cli: Cli) -> None:
         "--default",
         "support",
     )
-    assert out.stdout.strip() == "support: Acme Support <support@acme.com> (default)"
+    assert out.stdout.strip() == (
+        "support: Acme Support <support@acme.com> (default)"
+        "  [NOT verified in SES (not_found): SES refuses mail from it]"
+    )
+    boto3.client(
+        "sesv2",
+        endpoint_url=cli.env["AWS_ENDPOINT_URL"],
+        region_name="us-east-1",
+        aws_access_key_id="t",
+        aws_secret_access_key="t",
+    ).create_email_identity(EmailIdentity="acme.com")
+    verified = cli("senders", "set", "web", "--sender", "support=Acme Support <support@acme.com>")
+    assert (
+        verified.stdout.strip()
+        == "support: Acme Support <support@acme.com> (default)  [verified in SES (acme.com)]"
+    )
     bad = cli("senders", "set", "web", "--sender", "x=Evil\r\nBcc: a@b.c <x@acme.com>", ok=False)
     assert bad.returncode == 1
     assert bad.stderr.count("\n") == 1
@@ -142,3 +158,36 @@ def test_server_package_names_leave_room_for_the_datamailer_client() -> None:
         with pytest.raises(importlib.metadata.PackageNotFoundError):
             importlib.metadata.distribution(taken)
     assert importlib.util.find_spec("datamailer_cli") is None
+
+
+def test_dev_inbox_prints_what_the_local_ses_received_decoded(cli: Cli) -> None:
+    sesv2 = boto3.client(
+        "sesv2",
+        endpoint_url=cli.env["AWS_ENDPOINT_URL"],
+        region_name="us-east-1",
+        aws_access_key_id="t",
+        aws_secret_access_key="t",
+    )
+    sesv2.create_email_identity(EmailIdentity="news@inbox.example.com")
+    message = email.message.EmailMessage()
+    message["From"] = "News <news@inbox.example.com>"
+    message["To"] = "ada@example.com"
+    message["Subject"] = "Inbox check ✓"
+    message.set_content("Hello Ada, ünïcode survives.", cte="base64")
+    message.add_alternative("<p>Hello Ada</p>", subtype="html")
+    sesv2.send_email(Content={"Raw": {"Data": message.as_bytes()}})
+
+    out = cli("dev", "inbox", "--limit", "1").stdout
+
+    assert "From: News <news@inbox.example.com>" in out
+    assert "To: ada@example.com" in out
+    assert "Subject: Inbox check ✓" in out
+    assert "Hello Ada, ünïcode survives." in out
+    assert out.count("From:") == 1
+
+
+def test_dev_inbox_without_a_local_endpoint_is_one_line_error(cli: Cli) -> None:
+    cli.env = {k: v for k, v in cli.env.items() if k != "AWS_ENDPOINT_URL"}
+    result = cli("dev", "inbox", ok=False)
+    assert result.returncode == 1
+    assert "AWS_ENDPOINT_URL is not set" in result.stderr

@@ -92,6 +92,16 @@ def test_up_serves_the_demo_client_and_keeps_its_data_across_restarts(data_dir: 
         wrong = httpx.get(up.url("api", "/api/client/senders"), headers={"Authorization": f"Bearer {key}x"})
         assert wrong.status_code == 401
         assert wrong.json()["error"]["code"] == "invalid_api_key"
+        client_senders = {
+            "default_sender_id": "news",
+            "senders": [{"id": "news", "email": "News <news@example.com>"}],
+        }
+        changed = httpx.put(
+            up.url("api", "/api/client/senders"),
+            headers={"Authorization": f"Bearer {key}"},
+            json=client_senders,
+        )
+        assert changed.status_code == 200, changed.text
     finally:
         assert up.stop() == 0, "".join(up.output)
     for name in ("api", "tracking", "pg", "aws"):
@@ -106,6 +116,9 @@ def test_up_serves_the_demo_client_and_keeps_its_data_across_restarts(data_dir: 
             again.url("api", "/api/client/senders"), headers={"Authorization": f"Bearer {key}"}
         )
         assert senders.status_code == 200
+        # The restart re-seeded the demo scope without overwriting the client's senders.
+        assert senders.json()["senders"] == client_senders["senders"]
+        assert senders.json()["default_sender_id"] == "news"
     finally:
         again.stop()
 

@@ -3,8 +3,9 @@ a configured sender, so everything that reaches a From header passes through her
 
 import re
 from email.utils import formataddr, parseaddr
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, EmailStr, TypeAdapter, ValidationError
 
 from datamailer_core.errors import ValidationFailed
@@ -83,3 +84,45 @@ def resolve_sender(client: "Client", requested: str | None, template_default: st
         if candidate is not None and candidate in configured:
             return configured[candidate]
     raise ValidationFailed("the client has no sender configured", fields={"from_email": "not_configured"})
+
+
+class IdentityCheck(BaseModel):
+    """What SES says about a sender's address: `verified` (may send from it; null when
+    SES could not be asked) and `status` (SES's `VerificationStatus` of the address or of
+    its domain, `not_found` when SES has neither, `error:<code>` when the call failed)."""
+
+    sender_id: str
+    address: str
+    verified: bool | None
+    status: str
+    identity: str | None = None
+
+
+async def check_identity(sesv2: Any, sender: dict[str, str]) -> IdentityCheck:
+    """SES v2 `GetEmailIdentity` for the address, then for its domain (a verified domain
+    covers every address in it). An SES failure is reported, never raised."""
+    address = parseaddr(sender["email"])[1]
+    for identity in (address, address.rpartition("@")[2]):
+        try:
+            found = await sesv2.get_email_identity(EmailIdentity=identity)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", "unknown"))
+            if code == "NotFoundException":
+                continue
+            return IdentityCheck(
+                sender_id=sender["id"], address=address, verified=None, status=f"error:{code}"
+            )
+        except BotoCoreError as exc:
+            name = type(exc).__name__
+            return IdentityCheck(
+                sender_id=sender["id"], address=address, verified=None, status=f"error:{name}"
+            )
+        status = str(found.get("VerificationStatus") or "UNKNOWN")
+        return IdentityCheck(
+            sender_id=sender["id"],
+            address=address,
+            verified=status == "SUCCESS",
+            status=status,
+            identity=identity,
+        )
+    return IdentityCheck(sender_id=sender["id"], address=address, verified=False, status="not_found")

@@ -1,6 +1,8 @@
 """The client REST API (port 8000)."""
 
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
 
 from datamailer_api.audience.router import router as contacts_router
 from datamailer_api.audience.transfer import CSV_IMPORT_LIMIT, CSV_IMPORT_PATH
@@ -36,4 +38,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(lists_router)
     app.include_router(webhooks_router)
     app.include_router(mailchimp_router)
+
+    async def api_docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs")
+
+    # Datamailer serves its interactive docs at /api-docs/; both paths answer here.
+    app.add_api_route("/api-docs/", api_docs, methods=["GET"], include_in_schema=False)
     return app

@@ -508,6 +508,18 @@ async def status_counts(session: AsyncSession, campaign_id: int) -> dict[str, in
     return {row[0]: row[1] for row in rows}
 
 
+async def skip_reason_counts(session: AsyncSession, campaign_id: int) -> dict[str, int]:
+    """Skipped recipients by reason, most frequent first."""
+    count = func.count()
+    rows = await session.execute(
+        select(_r.skip_reason, count)
+        .where(_r.campaign_id == campaign_id, _r.status == "skipped")
+        .group_by(_r.skip_reason)
+        .order_by(count.desc(), _r.skip_reason)
+    )
+    return {row[0] or "unknown": row[1] for row in rows}
+
+
 # Listing
 
 

@@ -67,9 +67,9 @@ async def upsert_contact(body: ContactUpsertIn, auth: CurrentClient, session: Se
 async def contact_status(
     email: EmailQuery,
     audience: ScopeQuery,
-    client: ScopeQuery,
     auth: CurrentClient,
     session: SessionDep,
+    client: OptionalScopeQuery = None,
 ) -> ContactStatus:
     """What this client may send to an address; `exists: false` outside its scope."""
     scope = await service.resolve_scope(session, auth, audience, client)
@@ -243,9 +243,9 @@ async def unsubscribe(body: UnsubscribeIn, auth: CurrentClient, session: Session
 async def get_preferences(
     email: EmailQuery,
     audience: ScopeQuery,
-    client: ScopeQuery,
     auth: CurrentClient,
     session: SessionDep,
+    client: OptionalScopeQuery = None,
     category_tags: Annotated[str | None, Query(max_length=2000, pattern=NO_CONTROL)] = None,
 ) -> PreferencesOut:
     """Category preferences; a category with no stored choice reads enabled."""

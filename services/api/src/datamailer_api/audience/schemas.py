@@ -129,7 +129,9 @@ class Strict(BaseModel):
 
 class Scoped(Strict):
     audience: ScopeSlug
-    client: ScopeSlug
+    # Optional as in Datamailer's clients: an API key belongs to one client, so an omitted
+    # `client` is the key's own (a named one must still be it).
+    client: ScopeSlug | None = None
 
 
 class EmailValidationIn(Strict):

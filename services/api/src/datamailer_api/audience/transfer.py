@@ -23,6 +23,7 @@ from datamailer_api.audience.schemas import (
     CursorQuery,
     ImportIn,
     ImportOut,
+    OptionalScopeQuery,
     ScopeQuery,
     SubscriptionStatus,
     Timestamp,
@@ -158,7 +159,7 @@ def _check_csv(upload: IO[bytes]) -> None:
                 "multipart/form-data": {
                     "schema": {
                         "type": "object",
-                        "required": ["file", "audience", "client"],
+                        "required": ["file", "audience"],
                         "maxProperties": 11,  # the file and at most 10 form fields
                         "properties": {
                             "file": {"type": "string", "format": "binary"},
@@ -237,9 +238,9 @@ SuppressionFilter = Literal["none", "any", "global_unsubscribed", "hard_bounced"
 
 async def contact_filters(
     audience: ScopeQuery,
-    client: ScopeQuery,
     auth: CurrentClient,
     session: SessionDep,
+    client: OptionalScopeQuery = None,
     tags: FilterQuery = None,
     subscription_status: SubscriptionStatus | None = None,
     verified: bool | None = None,

@@ -59,9 +59,10 @@ async def get_campaign(
     audience: OptionalScopeQuery = None,
     client: OptionalScopeQuery = None,
 ) -> CampaignEnvelope:
-    """The definition, status, counters, derived rates and snapshot/enqueue progress."""
+    """The definition, status, counters, derived rates and snapshot/enqueue progress.
+    A `sent` campaign that reached nobody says so in `outcome` and `warning`."""
     found = await service.find(session, auth, external_key, audience, client)
-    return CampaignEnvelope(campaign=service.campaign_out(found, auth.client, settings))
+    return CampaignEnvelope(campaign=await service.campaign_view(session, found, auth.client, settings))
 
 
 @router.post("/{external_key}/queue", status_code=202, response_model=QueueOut, responses=ACTION_ERRORS)
@@ -81,7 +82,7 @@ async def queue_campaign(
     await session.commit()
     campaign = found.campaign
     return QueueOut(
-        campaign=service.campaign_out(found, auth.client, settings),
+        campaign=await service.campaign_view(session, found, auth.client, settings),
         queued=queued,
         recipient_count=campaign.recipient_count,
         skipped_count=campaign.skipped_count,

@@ -220,6 +220,18 @@ class CampaignOut(BaseModel):
     counters: CountersOut
     rates: RatesOut
     progress: ProgressOut
+    outcome: Literal["sent", "no_eligible_recipients", "failed"] | None = Field(
+        default=None,
+        description="Once the campaign is `sent` (nothing pending): `sent` when at least one "
+        "recipient was sent to, `no_eligible_recipients` when every recipient was skipped (or there "
+        "were none), `failed` when none was sent and some failed; null before.",
+    )
+    warning: str | None = Field(
+        default=None,
+        description="Set when the campaign reached nobody, e.g. `no eligible recipients: 3 skipped "
+        "unverified` (a campaign goes to subscribed, verified contacts).",
+        examples=["no eligible recipients: 3 skipped unverified"],
+    )
 
 
 class CampaignEnvelope(BaseModel):

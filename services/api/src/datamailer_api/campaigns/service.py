@@ -3,6 +3,7 @@ status actions and the payloads. Snapshot and enqueue run in the scheduler
 (`datamailer_workers.campaign_jobs`), never in a request."""
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
@@ -278,7 +279,38 @@ def _rate(numerator: int, denominator: int) -> float:
     return round(numerator / denominator, 4) if denominator else 0.0
 
 
-def campaign_out(found: Found, client: Client, settings: Settings) -> CampaignOut:
+def _outcome(campaign: Campaign) -> str | None:
+    if campaign.status != "sent":
+        return None
+    if campaign.sent_count:
+        return "sent"
+    return "failed" if campaign.failed_count else "no_eligible_recipients"
+
+
+def _warning(outcome: str | None, skipped_by_reason: Mapping[str, int] | None) -> str | None:
+    """Why a finished campaign reached nobody, in a newcomer's words: the usual cause is
+    contacts upserted without `verified: true`."""
+    if outcome != "no_eligible_recipients":
+        return None
+    if not skipped_by_reason:
+        return "no eligible recipients: the audience had no contact for this client"
+    reasons = ", ".join(f"{count} skipped {reason}" for reason, count in skipped_by_reason.items())
+    return f"no eligible recipients: {reasons}"
+
+
+async def campaign_view(
+    session: AsyncSession, found: Found, client: Client, settings: Settings
+) -> CampaignOut:
+    """`campaign_out`, with the skip reasons counted when the campaign reached nobody."""
+    reasons = None
+    if _outcome(found.campaign) == "no_eligible_recipients":
+        reasons = await campaigns.skip_reason_counts(session, found.campaign.id)
+    return campaign_out(found, client, settings, reasons)
+
+
+def campaign_out(
+    found: Found, client: Client, settings: Settings, skipped_by_reason: Mapping[str, int] | None = None
+) -> CampaignOut:
     campaign = found.campaign
     mode, mode_reason = send_mode(
         campaign.subject,
@@ -287,6 +319,7 @@ def campaign_out(found: Found, client: Client, settings: Settings) -> CampaignOu
         bulk_send=settings.delivery.campaign_bulk_send,
     )
     counters = CountersOut(**{name: getattr(campaign, name) for name in COUNTERS})
+    outcome = _outcome(campaign)
     sender_id = campaign.sender_id or client.default_sender_id
     address = next((s["email"] for s in client.sender_emails if s.get("id") == sender_id), None)
     return CampaignOut(
@@ -329,4 +362,6 @@ def campaign_out(found: Found, client: Client, settings: Settings) -> CampaignOu
             batch_count=campaign.batch_count,
             last_enqueued_at=campaign.last_enqueued_at,
         ),
+        outcome=outcome,
+        warning=_warning(outcome, skipped_by_reason),
     )

@@ -1,5 +1,7 @@
 from pydantic import BaseModel, ConfigDict, Field
 
+from datamailer_core.senders import IdentityCheck
+
 
 class SenderIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -46,3 +48,10 @@ class SendersOut(BaseModel):
     client: ClientOut
     default_sender_id: str | None
     senders: list[SenderOut]
+
+
+class SendersSetOut(SendersOut):
+    identities: list[IdentityCheck] = Field(
+        description="Each sender's address as SES sees it (`GetEmailIdentity`), in the order of "
+        "`senders`: mail from an unverified address is refused by SES."
+    )

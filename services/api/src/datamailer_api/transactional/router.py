@@ -97,7 +97,7 @@ def _dry_run_out(preview: service.Preview) -> DryRunOut:
             email=envelope.email,
             from_email=preview.sender.id,
             from_email_address=preview.sender.email,
-            reply_to=envelope.reply_to,
+            reply_to=envelope.reply_to or "",  # Datamailer's dry run answers "" for none
             cc=envelope.cc,
             bcc=envelope.bcc,
             status="skipped" if preview.blocked_reason else "queued",
@@ -112,7 +112,7 @@ def _dry_run_out(preview: service.Preview) -> DryRunOut:
         ),
         would_deliver=preview.blocked_reason is None,
         delivery_decision=DeliveryDecisionOut(
-            allowed=preview.blocked_reason is None, reason=preview.blocked_reason
+            allowed=preview.blocked_reason is None, reason=preview.blocked_reason or ""
         ),
     )
 

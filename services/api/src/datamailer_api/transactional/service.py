@@ -199,10 +199,8 @@ def validate_envelope(body: SendIn) -> Envelope:
     cc = [_address(a, f"cc.{i}", fields) for i, a in enumerate(body.cc)]
     bcc = [_address(a, f"bcc.{i}", fields) for i, a in enumerate(body.bcc)]
     headers = _headers(body.headers, fields)
-    if body.category_tag is not None:
-        for name in ("audience", "client"):
-            if not getattr(body, name):
-                fields[name] = "required"
+    if body.category_tag is not None and not body.audience:
+        fields["audience"] = "required"  # the client, when omitted, is the key's own
     if fields:
         raise ValidationFailed("invalid send request", fields=fields)
     return Envelope(email=email, reply_to=reply_to, cc=cc, bcc=bcc, headers=headers)
