@@ -3,7 +3,6 @@ process) against moto's server and a committed database, with the real worker ha
 doing the sending before and after."""
 
 import json
-from collections.abc import AsyncIterator, Callable
 
 import pytest
 from sqlalchemy import select, text, update
@@ -11,11 +10,10 @@ from sqlalchemy import select, text, update
 from datamailer_core.metrics import Metrics
 from datamailer_core.models import Contact, Suppression, TransactionalMessage
 from datamailer_core.repositories import contacts
-from datamailer_server import dlq, ops
+from datamailer_server import dlq
 from datamailer_workers.deps import WorkerDeps, open_deps
 from tests.api.campaign_factories import Group, builder, create_campaign
 from tests.cli.test_commands import Cli
-from tests.conftest import run_sync, settings_for
 from tests.workers.campaign_helpers import (
     queue,
     recipient_rows,
@@ -24,7 +22,7 @@ from tests.workers.campaign_helpers import (
     sends_by_recipient,
     wait_for_status,
 )
-from tests.workers.conftest import WorkerEnv
+from tests.workers.conftest import WorkerEnv, deps, worker_env
 from tests.workers.helpers import (
     FailingSes,
     insert_queued,
@@ -38,20 +36,9 @@ from tests.workers.helpers import (
     with_ses,
 )
 
+__all__ = ["deps", "worker_env"]  # the workers' fixtures, for this folder too
+
 DLQ = "transactional-email-dlq"
-
-
-@pytest.fixture
-def worker_env(make_database: Callable[[], str], aws_endpoint: str) -> WorkerEnv:
-    database_url = make_database()
-    urls = run_sync(ops.create_queues(settings_for(database_url, aws_endpoint)))
-    return WorkerEnv(database_url, aws_endpoint, {ops.QUEUE_ENV[q]: u for q, u in urls.items()})
-
-
-@pytest.fixture
-async def deps(worker_env: WorkerEnv) -> AsyncIterator[WorkerDeps]:
-    async with open_deps(worker_env.settings()) as opened:
-        yield opened
 
 
 @pytest.fixture
