@@ -2,6 +2,7 @@
 SES webhook ingress."""
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from datamailer_core.settings import Settings
 from datamailer_tracking import ses_webhook
@@ -36,13 +37,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         on_startup=_start_events,
         on_shutdown=_flush_events,
     )
-    # Outermost: `GET /t/o/{token}.gif` and `GET /t/c/{token}` never reach the router.
-    app.add_middleware(
-        TrackingRoutes,
-        state=app.state,
-        secret_key=settings.security.secret_key.get_secret_value(),
-        metrics=app.state.metrics,
-    )
+    # Outermost, ahead of even Starlette's error and FastAPI's telemetry and body-limit
+    # middleware (a few percent of a pixel each): `GET /t/o/{token}.gif` and
+    # `GET /t/c/{token}` answer here and never reach them; everything else goes through.
+    build_stack = app.build_middleware_stack
+    secret_key = settings.security.secret_key.get_secret_value()
+
+    def build_tracking_stack() -> ASGIApp:
+        return TrackingRoutes(
+            build_stack(), state=app.state, secret_key=secret_key, metrics=app.state.metrics
+        )
+
+    app.build_middleware_stack = build_tracking_stack  # type: ignore[method-assign]
     app.include_router(unsubscribe_router)
     app.include_router(verify_router)
     ses_webhook.install(app)
