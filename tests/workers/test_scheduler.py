@@ -3,11 +3,12 @@ stream's policy, and nothing recent is touched."""
 
 import asyncio
 
+import boto3
 from sqlalchemy import func, update
 
 from datamailer_core.models import TransactionalMessage
 from datamailer_workers.deps import WorkerDeps, open_deps
-from datamailer_workers.scheduler import default_jobs, run_once
+from datamailer_workers.scheduler import default_jobs, publish_health, run_once
 from tests.workers.conftest import WorkerEnv
 from tests.workers.helpers import (
     claim_and_abandon,
@@ -38,6 +39,7 @@ IDLE = {
     "campaigns.advance": 0,
     "webhooks.dispatch": 0,
     "mailchimp.dispatch": 0,
+    "health.publish": 0,
 }
 
 
@@ -120,3 +122,28 @@ async def test_live_lease_is_left_alone(deps: WorkerDeps) -> None:
 
     assert result == IDLE
     assert (await load(deps, message.id)).lease_owner == "busy-worker"
+
+
+async def test_the_health_figures_the_alarms_read_reach_metrics_and_cloudwatch(worker_env: WorkerEnv) -> None:
+    """A transactional message queued an hour ago and a campaign fed nothing for an hour:
+    the transactional-latency and stuck-campaigns alarms' metrics say so."""
+    settings = worker_env.settings(CLOUDWATCH_METRICS_ENVIRONMENT="staging")
+    async with open_deps(settings) as deps:
+        seeded = await seed_client(deps)
+        message = await insert_queued(deps, seeded, to="waiting@example.com")
+        async with deps.sessionmaker() as session, session.begin():
+            await session.execute(
+                update(TransactionalMessage)
+                .where(TransactionalMessage.id == message.id)
+                .values(created_at=func.now() - func.make_interval(0, 0, 0, 0, 0, 0, 3600))
+            )
+        assert await publish_health(deps) == 0
+        oldest = deps.metrics.registry.get_sample_value("datamailer_transactional_queued_seconds")
+        assert oldest is not None
+        assert 3600 <= oldest < 3700
+        assert deps.metrics.registry.get_sample_value("datamailer_stuck_campaigns") == 0
+    cloudwatch = boto3.client("cloudwatch", endpoint_url=worker_env.aws_endpoint, region_name="us-east-1",
+                              aws_access_key_id="test", aws_secret_access_key="test")  # fmt: skip
+    listed = cloudwatch.list_metrics(Namespace="Datamailer")["Metrics"]
+    assert {m["MetricName"] for m in listed} == {"StuckCampaigns", "TransactionalQueuedSeconds"}
+    assert all(m["Dimensions"] == [{"Name": "Environment", "Value": "staging"}] for m in listed)

@@ -48,6 +48,17 @@ class Metrics:
         self.dlq_replays = Counter(
             "datamailer_dlq_replays_total", "Messages replayed from a DLQ", ["queue"], registry=r
         )
+        # Read by the scheduler (`repositories.health`), also published to CloudWatch.
+        self.stuck_campaigns = Gauge(
+            "datamailer_stuck_campaigns",
+            "Sending campaigns fed nothing for STUCK_CAMPAIGN_SECONDS",
+            registry=r,
+        )
+        self.transactional_queued_seconds = Gauge(
+            "datamailer_transactional_queued_seconds",
+            "Age of the oldest transactional message not yet taken by a worker",
+            registry=r,
+        )
 
         # Bound children by (service, method, route, status): `labels()` costs about a
         # microsecond more per call than a dict lookup, on every request.

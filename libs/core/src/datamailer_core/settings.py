@@ -148,6 +148,13 @@ class MailchimpSettings(_Group):
 class LogSettings(_Group):
     level: str = Field(default="INFO", validation_alias="LOG_LEVEL")
     format: str = Field(default="console", pattern="^(json|console)$", validation_alias="LOG_FORMAT")
+    # Set (e.g. `production`): the scheduler publishes the health figures the stack's
+    # alarms read (namespace `Datamailer`, dimension `Environment`) to CloudWatch.
+    cloudwatch_environment: str | None = Field(
+        default=None, validation_alias="CLOUDWATCH_METRICS_ENVIRONMENT"
+    )
+    # A `sending` campaign fed nothing for this long counts as stuck.
+    stuck_campaign_seconds: float = Field(default=900.0, gt=0, validation_alias="STUCK_CAMPAIGN_SECONDS")
 
 
 def group_env(group: BaseSettings) -> dict[str, str | None]:

@@ -14,8 +14,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from datamailer_core.aws import aws_client, aws_session
 from datamailer_core.campaigns.settings import CampaignSettings
-from datamailer_core.repositories import campaign_sends, deliveries
+from datamailer_core.repositories import campaign_sends, deliveries, health
 from datamailer_core.repositories.deliveries import Requeue
 from datamailer_core.settings import Settings
 from datamailer_workers import campaign_jobs
@@ -98,6 +99,41 @@ async def expire_campaign_leases(deps: WorkerDeps) -> int:
     return total
 
 
+HEALTH_INTERVAL_SECONDS: Final = 60.0
+CLOUDWATCH_NAMESPACE: Final = "Datamailer"
+
+
+async def publish_health(deps: WorkerDeps) -> int:
+    """The figures the stuck-campaigns and transactional-latency alarms read: on this
+    process's /metrics, and to CloudWatch when CLOUDWATCH_METRICS_ENVIRONMENT is set."""
+    log = deps.settings.log
+    async with deps.sessionmaker() as session:
+        found = await health.delivery_health(session, stuck_after_seconds=log.stuck_campaign_seconds)
+    deps.metrics.stuck_campaigns.set(found.stuck_campaigns)
+    deps.metrics.transactional_queued_seconds.set(found.oldest_queued_seconds)
+    if log.cloudwatch_environment:
+        dimensions = [{"Name": "Environment", "Value": log.cloudwatch_environment}]
+        async with aws_client(aws_session(deps.settings.aws), deps.settings.aws, "cloudwatch") as cloudwatch:
+            await cloudwatch.put_metric_data(
+                Namespace=CLOUDWATCH_NAMESPACE,
+                MetricData=[
+                    {
+                        "MetricName": "StuckCampaigns",
+                        "Dimensions": dimensions,
+                        "Value": found.stuck_campaigns,
+                        "Unit": "Count",
+                    },
+                    {
+                        "MetricName": "TransactionalQueuedSeconds",
+                        "Dimensions": dimensions,
+                        "Value": found.oldest_queued_seconds,
+                        "Unit": "Seconds",
+                    },
+                ],  # fmt: skip
+            )
+    return 0  # figures, not rows acted on: never a reason to run again at once
+
+
 def default_jobs(settings: Settings) -> list[PeriodicJob]:
     interval = settings.delivery.scheduler_interval_seconds
     return [
@@ -107,6 +143,7 @@ def default_jobs(settings: Settings) -> list[PeriodicJob]:
         *campaign_periodic_jobs(CampaignSettings()),
         PeriodicJob("webhooks.dispatch", interval, dispatch_webhooks),
         PeriodicJob("mailchimp.dispatch", interval, dispatch_mailchimp),
+        PeriodicJob("health.publish", HEALTH_INTERVAL_SECONDS, publish_health),
     ]
 
 
