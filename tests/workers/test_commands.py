@@ -43,6 +43,8 @@ def test_scheduler_once_runs_every_job_and_reports_counts(worker_env: WorkerEnv,
         "campaigns.start_due: 0",
         "campaigns.advance: 0",
         "webhooks.dispatch: 0",
+        "mailchimp.dispatch: 0",
+        "health.publish: 0",
     ]
 
 
