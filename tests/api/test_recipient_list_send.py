@@ -233,6 +233,23 @@ async def test_more_members_than_one_sqs_batch_are_all_enqueued(
     )
 
 
+async def test_a_list_whose_members_were_all_removed_sends_nothing(
+    api: AsyncClient, tenant: Tenant, session: AsyncSession, queue: Callable[[], Any]
+) -> None:
+    await add_members(api, tenant, "gone", ("g:1", "gone@example.com"))
+    response = await api.put(
+        f"{BASE}/gone/members/g:1",
+        json=scoped(tenant, member={"email": "gone@example.com", "status": "removed"}),
+        headers=tenant.headers,
+    )
+    assert response.status_code == 200, response.text
+    out = (await list_send(api, tenant, "gone")).json()
+    assert out["counts"] == {"members": 0, "created": 0, "queued": 0, "skipped": 0, "enqueued": 0}
+    assert out["idempotent_replay"] is False
+    assert await messages(session) == []
+    assert await queue() == []
+
+
 async def test_a_list_over_the_bound_is_refused_before_anything_is_written(
     api: AsyncClient, tenant: Tenant, session: AsyncSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:

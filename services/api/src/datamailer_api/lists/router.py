@@ -164,7 +164,7 @@ async def transactional_send(
         list_key=list_key,
         template_key=body.template_key,
         idempotency_key=body.idempotency_key,
-        idempotent_replay=not result.created_ids,
+        idempotent_replay=bool(result.outcomes) and not result.created_ids,
         counts=ListSendCounts(
             members=len(result.outcomes),
             created=len(result.created_ids),

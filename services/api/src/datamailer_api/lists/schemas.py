@@ -203,6 +203,8 @@ class ListSendOut(BaseModel):
     list_key: str
     template_key: str
     idempotency_key: str
-    idempotent_replay: bool = Field(description="True when every member's message already existed.")
+    idempotent_replay: bool = Field(
+        description="True when every member's message already existed (false for no members)."
+    )
     counts: ListSendCounts
     skipped: builtins.list[ListSendSkipped]
