@@ -9,20 +9,26 @@ from sqlalchemy import select
 from datamailer_api.audience import service as contacts
 from datamailer_api.audience.schemas import OptionalScopeQuery, ScopeQuery
 from datamailer_api.deps import CurrentClient
+from datamailer_api.lists import send as list_send
 from datamailer_api.lists import service
 from datamailer_api.lists.schemas import (
     BulkIn,
     BulkOut,
     ListOut,
     ListPutIn,
+    ListSendCounts,
+    ListSendIn,
+    ListSendOut,
+    ListSendSkipped,
     MemberOut,
     MemberPutIn,
     MemberPutOut,
     ReconcileIn,
 )
+from datamailer_api.rendering import RenderPoolDep
 from datamailer_core.models import RecipientListMember
 from datamailer_core.repositories import recipient_lists as repo
-from datamailer_web.app import SessionDep
+from datamailer_web.app import PublisherDep, SessionDep
 from datamailer_web.errors import error_responses
 
 router = APIRouter(
@@ -131,3 +137,48 @@ async def reconcile(
         counts.removed = await repo.remove_absent(session, found.id, [m.source_object_key for m in members])
     await session.commit()
     return BulkOut(list=await service.list_out(session, scope, key, found, created), counts=counts)
+
+
+@router.post("/{list_key}/transactional-send", response_model=ListSendOut, responses=NOT_FOUND)
+async def transactional_send(
+    list_key: ListKey,
+    body: ListSendIn,
+    auth: CurrentClient,
+    session: SessionDep,
+    publisher: PublisherDep,
+    pool: RenderPoolDep,
+) -> ListSendOut:
+    """One transactional message per distinct active member of the list and every list
+    under it, at most 10,000 (a larger list is 400 `too_many_members`). Members blocked as
+    a single send would block them are stored `skipped` and listed with their reason. A
+    repeat with the same `idempotency_key` creates and enqueues nothing new and answers the
+    same outcome. Rows are committed before the queue messages (batches of ten)."""
+    result = await list_send.send(session, auth, list_key, body, pool)
+    await session.commit()
+    fresh = [o for o in result.outcomes if o.id in result.created_ids and o.status == "queued"]
+    enqueued = await list_send.publish(publisher, fresh)
+    if enqueued:
+        await list_send.record_enqueued(session, enqueued)
+    skipped = [o for o in result.outcomes if o.status == "skipped"]
+    return ListSendOut(
+        list_key=list_key,
+        template_key=body.template_key,
+        idempotency_key=body.idempotency_key,
+        idempotent_replay=bool(result.outcomes) and not result.created_ids,
+        counts=ListSendCounts(
+            members=len(result.outcomes),
+            created=len(result.created_ids),
+            queued=len(result.outcomes) - len(skipped),
+            skipped=len(skipped),
+            enqueued=len(enqueued),
+        ),
+        skipped=[
+            ListSendSkipped(
+                contact_id=o.contact_id,
+                email=o.email,
+                message_id=o.id,
+                reason=o.status_reason or "suppressed",
+            )
+            for o in skipped
+        ],
+    )

@@ -7,8 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints, model_validator
 
-from datamailer_api.audience.schemas import NO_CONTROL, Email, Scoped, Strict
-from datamailer_api.transactional.schemas import JsonObject
+from datamailer_api.audience.schemas import NO_CONTROL, Email, Scoped, Slug, Strict
+from datamailer_api.transactional.schemas import SENDER_ID_PATTERN, JsonObject, Text
 
 MAX_MEMBERS = 100_000
 MAX_LIST_KEY = 255
@@ -148,3 +148,63 @@ class MemberCounts(BaseModel):
 class BulkOut(BaseModel):
     list: ListOut
     counts: MemberCounts
+
+
+class ListSendIn(Scoped):
+    """A transactional send to every active member of the list and the lists under it."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    **EXAMPLE_SCOPE,
+                    "template_key": "homework-score-notification",
+                    "idempotency_key": "homework-score:ml-zoomcamp-2026:homework-1",
+                    "context": {"course_title": "ML Zoomcamp 2026", "homework_title": "Homework 1"},
+                    "metadata": {"source": "course-management-platform"},
+                }
+            ]
+        },
+    )
+    template_key: Text = Field(min_length=1, max_length=180)
+    idempotency_key: Text = Field(
+        min_length=1,
+        max_length=200,
+        description="Required. Each member's message key is this plus `:contact-<id>`, so a repeat "
+        "sends nothing new.",
+    )
+    context: JsonObject = Field(default_factory=dict)
+    metadata: JsonObject = Field(default_factory=dict)
+    from_email: Text | None = Field(
+        default=None,
+        description="A sender id (not an address).",
+        json_schema_extra={"pattern": SENDER_ID_PATTERN},
+    )
+    category_tag: Slug | None = None
+
+
+class ListSendCounts(BaseModel):
+    members: int = Field(description="Distinct active members sent to (at most 10,000 per call).")
+    created: int = Field(description="Messages this request created; 0 on a repeat.")
+    queued: int
+    skipped: int
+    enqueued: int = Field(description="Messages this request put on the queue.")
+
+
+class ListSendSkipped(BaseModel):
+    contact_id: int | None
+    email: str
+    message_id: int
+    reason: str = Field(examples=["hard_bounce"])
+
+
+class ListSendOut(BaseModel):
+    list_key: str
+    template_key: str
+    idempotency_key: str
+    idempotent_replay: bool = Field(
+        description="True when every member's message already existed (false for no members)."
+    )
+    counts: ListSendCounts
+    skipped: builtins.list[ListSendSkipped]

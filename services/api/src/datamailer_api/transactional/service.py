@@ -265,7 +265,7 @@ async def _decide(
     )
 
 
-async def _render(pool: RenderPool, template: EmailTemplate, context: dict[str, Any]) -> Rendered:
+async def render(pool: RenderPool, template: EmailTemplate, context: dict[str, Any]) -> Rendered:
     try:
         # In the pool's processes: whatever a template does, the loop keeps serving.
         return await pool.run(
@@ -301,7 +301,7 @@ async def send(session: AsyncSession, auth: AuthContext, body: SendIn, pool: Ren
         raise ValidationFailed(
             "required context is missing", fields={f"context.{name}": "required" for name in missing}
         )
-    rendered = await _render(pool, template, body.context)
+    rendered = await render(pool, template, body.context)
 
     if body.dry_run:
         found, suppression = await suppression_without_writing(
