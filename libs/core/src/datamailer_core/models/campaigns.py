@@ -87,6 +87,9 @@ class Campaign(EagerDefaults, TimestampMixin, Base):
     include_tags: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=_EMPTY_TEXT_ARRAY)
     exclude_tags: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=_EMPTY_TEXT_ARRAY)
     category_tag: Mapped[str | None] = mapped_column(Text)
+    # A recipient list of the campaign's client and audience (`<all>`: every list): only
+    # the active members of its subtree are intended recipients. NULL: the whole audience.
+    recipient_list_key: Mapped[str | None] = mapped_column(Text)
     metadata_: Mapped[dict[str, Any]] = jsonb_object("metadata")
     scheduled_at: Mapped[datetime | None]
     status: Mapped[str] = mapped_column(Text, server_default=text("'draft'"))

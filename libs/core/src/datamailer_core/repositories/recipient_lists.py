@@ -7,7 +7,7 @@ A list's effective members are the active direct members of every list in its su
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -26,7 +26,7 @@ def ancestors(list_key: str) -> list[str]:
 
 # Lists of one client in one audience whose key is :key or under it; `<all>` takes every
 # list of the scope. starts_with() needs no LIKE escaping of `_` or `%` in keys.
-_IN_SUBTREE = """
+IN_SUBTREE: Final = """
     l.client_id = :client_id AND l.audience_id = :audience_id
     AND (CAST(:root AS boolean) OR l.list_key = :key OR starts_with(l.list_key, :prefix))
 """
@@ -36,7 +36,7 @@ SUBTREE_CONTACTS = text(
     SELECT DISTINCT m.contact_id
     FROM recipient_lists l
     JOIN recipient_list_members m ON m.list_id = l.id AND m.status = 'active'
-    WHERE {_IN_SUBTREE}
+    WHERE {IN_SUBTREE}
     """
 )
 
@@ -108,7 +108,7 @@ _COUNTS = text(
     SELECT
         (SELECT count(DISTINCT m.contact_id) FROM recipient_lists l
          JOIN recipient_list_members m ON m.list_id = l.id AND m.status = 'active'
-         WHERE {_IN_SUBTREE}) AS member_count,
+         WHERE {IN_SUBTREE}) AS member_count,
         (SELECT count(*) FROM recipient_list_members WHERE list_id = :list_id AND status = 'active')
             AS direct_member_count,
         (SELECT count(*) FROM recipient_list_members WHERE list_id = :list_id AND status = 'removed')

@@ -9,6 +9,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from datamailer_api.audience.schemas import NO_NUL, AwareTimestamp, Email, ScopeSlug, Slug
 from datamailer_api.audience.schemas import CursorQuery as CursorQuery  # re-exported for the router
+from datamailer_api.lists.schemas import MAX_LIST_KEY
 from datamailer_api.transactional.schemas import SUBJECT_PATTERN, JsonObject, Text
 from datamailer_core.campaigns.bulk import SendMode
 
@@ -56,6 +57,7 @@ EXAMPLE: dict[str, Any] = {
     "include_tags": ["customers"],
     "exclude_tags": ["churned"],
     "category_tag": "newsletter",
+    "recipient_list_key": None,
     "scheduled_at": None,
     "metadata": {"owner": "marketing"},
 }
@@ -83,6 +85,13 @@ class CampaignIn(BaseModel):
     exclude_tags: list[Slug] = Field(default_factory=list, max_length=MAX_TAGS, description="Any excludes.")
     category_tag: Slug | None = Field(
         default=None, description="Contacts who disabled this category are skipped."
+    )
+    recipient_list_key: Text | None = Field(
+        default=None,
+        max_length=MAX_LIST_KEY,
+        description="A recipient list of this client and audience (e.g. `course:2025`, `<all>` for "
+        "every list): only active members of it or of a list under it are sent to; omitted or null, "
+        "the whole audience.",
     )
     scheduled_at: AwareTimestamp | None = Field(
         default=None,
@@ -205,6 +214,7 @@ class CampaignOut(BaseModel):
     include_tags: list[str]
     exclude_tags: list[str]
     category_tag: str | None
+    recipient_list_key: str | None
     scheduled_at: datetime | None
     metadata: dict[str, Any]
     queued_at: datetime | None

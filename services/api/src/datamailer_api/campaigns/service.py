@@ -36,9 +36,11 @@ from datamailer_core.errors import NotFound, ValidationFailed
 from datamailer_core.mail import InvalidMessage, build_ses_request
 from datamailer_core.models import Campaign, Client
 from datamailer_core.models.campaigns import COUNTERS
-from datamailer_core.repositories import campaigns
+from datamailer_core.models.lists import ROOT_KEY
+from datamailer_core.repositories import campaigns, recipient_lists
 from datamailer_core.repositories.audience_queries import cursor_id, decode_cursor, encode_cursor
 from datamailer_core.repositories.contacts import clean_email
+from datamailer_core.repositories.recipient_lists import ListScope
 from datamailer_core.senders import Sender, resolve_sender
 from datamailer_core.sending import SendError, send_via_ses
 from datamailer_core.settings import Settings
@@ -106,6 +108,11 @@ async def upsert(session: AsyncSession, auth: AuthContext, key: str, body: Campa
     _sender(auth.client, body.from_email, fields)
     for name, reason in validate_message_templates(body.subject, body.html_body, body.text_body).items():
         fields.setdefault(name, reason)
+    list_key = body.recipient_list_key
+    if list_key is not None and list_key != ROOT_KEY:
+        list_scope = ListScope(client_id=auth.client.id, audience_id=scope.audience.id)
+        if await recipient_lists.get_list(session, list_scope, list_key) is None:
+            fields["recipient_list_key"] = "not_found"
     if fields:
         raise ValidationFailed("invalid campaign", fields=fields)
     values: dict[str, Any] = {
@@ -118,6 +125,7 @@ async def upsert(session: AsyncSession, auth: AuthContext, key: str, body: Campa
         "include_tags": sorted(set(body.include_tags)),
         "exclude_tags": sorted(set(body.exclude_tags)),
         "category_tag": body.category_tag,
+        "recipient_list_key": list_key,
         "scheduled_at": body.scheduled_at,
         "metadata_": body.metadata,
     }
@@ -338,6 +346,7 @@ def campaign_out(
         include_tags=campaign.include_tags,
         exclude_tags=campaign.exclude_tags,
         category_tag=campaign.category_tag,
+        recipient_list_key=campaign.recipient_list_key,
         scheduled_at=campaign.scheduled_at,
         metadata=campaign.metadata_,
         queued_at=campaign.queued_at,
