@@ -29,13 +29,16 @@ def fetch_sent(endpoint: str) -> list[dict[str, Any]]:
     for item in ses.get("RawMessage", []):
         messages.append(_from_raw(str(item.get("raw_data", ""))))
     for item in ses.get("Message", []):
-        body = item.get("body") or {}
+        # moto keeps the simple form's body as one string (the HTML part when there is one).
+        body = item.get("body") or ""
+        if isinstance(body, dict):
+            body = body.get("text_part") or body.get("html_part") or ""
         messages.append(
             {
                 "from": item.get("source", ""),
                 "to": ", ".join((item.get("destinations") or {}).get("ToAddresses", [])),
                 "subject": item.get("subject", ""),
-                "text": body.get("text_part") or body.get("html_part") or "",
+                "text": str(body),
             }
         )
     return messages

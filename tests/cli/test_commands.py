@@ -185,6 +185,18 @@ def test_dev_inbox_prints_what_the_local_ses_received_decoded(cli: Cli) -> None:
     assert "Hello Ada, ünïcode survives." in out
     assert out.count("From:") == 1
 
+    # The simple form, as the transactional and per-recipient campaign sends use it.
+    sesv2.send_email(
+        FromEmailAddress="news@inbox.example.com",
+        Destination={"ToAddresses": ["bob@example.com"]},
+        Content={"Simple": {"Subject": {"Data": "Simple one"}, "Body": {"Html": {"Data": "<p>Hi Bob</p>"}}}},
+    )
+    out = cli("dev", "inbox", "--limit", "0").stdout
+    assert out.count("From:") == 2
+    assert "To: bob@example.com" in out
+    assert "Subject: Simple one" in out
+    assert "<p>Hi Bob</p>" in out
+
 
 def test_dev_inbox_without_a_local_endpoint_is_one_line_error(cli: Cli) -> None:
     cli.env = {k: v for k, v in cli.env.items() if k != "AWS_ENDPOINT_URL"}
